@@ -1,0 +1,41 @@
+# The two commands: `make run` and `make test`. Only Python 3.11+ is needed on the machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+.PHONY: install run test lint typecheck pytest bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## Start web, worker, beat and simulator with local Redis and MongoDB and demo data.
+# A plain command (no shell), so that make hands a SIGTERM straight to the supervisor.
+run: export DEBUG := true
+run: export WEB_PORT := $(PORT)
+run: install
+	$(PY) -m portal.localservices run -- $(PY) -m portal.devrun
+
+## Lint, type-check and run the whole test suite.
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	DEBUG=true $(VENV)/bin/mypy .
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	DEBUG=true $(VENV)/bin/mypy .
+
+pytest: install
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) .local staticfiles .pytest_cache .mypy_cache .ruff_cache

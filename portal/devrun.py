@@ -1,0 +1,47 @@
+"""What `make run` runs once the local services are up: migrate, demo data, then every process.
+
+Replaces itself with honcho (exec), so the signal `portal.localservices run` forwards on
+Ctrl-C or SIGTERM reaches the supervisor, which stops web, worker, beat and simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+        "WORKER_HEARTBEAT_FILE": str(BASE_DIR / ".local" / "worker-heartbeat"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    manage = [sys.executable, str(BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=BASE_DIR)
+    demo = subprocess.run(
+        [*manage, "load_demo"], check=True, env=env, cwd=BASE_DIR, capture_output=True, text=True
+    )
+    port = env.get("WEB_PORT", "8000")
+    banner = [
+        "",
+        f"Fabrikam Drone Delivery is starting on http://127.0.0.1:{port}/",
+        f"  operators (Django admin): http://127.0.0.1:{port}/admin/",
+        f"  readiness:                http://127.0.0.1:{port}/healthz/ready",
+        *(f"  {line}" for line in demo.stdout.splitlines()),
+        "Press Ctrl-C to stop every process.",
+        "",
+    ]
+    print("\n".join(banner), flush=True)
+    honcho = str(bin_dir / "honcho")
+    os.execve(honcho, [honcho, "start", "-f", str(BASE_DIR / "Procfile")], env)  # noqa: S606
+
+
+if __name__ == "__main__":
+    main()
