@@ -116,7 +116,14 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
     "portal",
+    "businesses",
+    "drones",
+    "deliveries",
+    "packages",
+    "workers",
 ]
 
 MIDDLEWARE = [
