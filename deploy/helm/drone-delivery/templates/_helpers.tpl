@@ -1,0 +1,217 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "dd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the release name, plus the chart name unless the release name
+already contains it. Truncated to 63 characters.
+*/}}
+{{- define "dd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "dd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "dd.labels" -}}
+helm.sh/chart: {{ include "dd.chart" . }}
+{{ include "dd.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fabrikam-drone-delivery
+{{- end }}
+
+{{- define "dd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Object name of a component: dict "root" $ "component" "web". */}}
+{{- define "dd.componentName" -}}
+{{- printf "%s-%s" (include "dd.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "dd.componentLabels" -}}
+{{ include "dd.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "dd.componentSelectorLabels" -}}
+{{ include "dd.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "dd.image" -}}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "dd.brokerUrl" -}}
+{{- if .Values.env.CELERY_BROKER_URL }}
+{{- .Values.env.CELERY_BROKER_URL }}
+{{- else }}
+{{- printf "azureservicebus://DefaultAzureCredential@%s.servicebus.windows.net" (required "serviceBus.namespace is required" .Values.serviceBus.namespace) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of a component's container: the shared settings, then NAME_FILE for each of the
+component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.web
+*/}}
+{{- define "dd.env" -}}
+{{- $root := .root }}
+{{- $values := $root.Values }}
+{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" }}
+- name: ALLOWED_HOSTS
+  value: {{ default $values.host $values.env.ALLOWED_HOSTS | quote }}
+- name: CSRF_TRUSTED_ORIGINS
+  value: {{ default (printf "https://%s" $values.host) $values.env.CSRF_TRUSTED_ORIGINS | quote }}
+- name: CELERY_BROKER_URL
+  value: {{ include "dd.brokerUrl" $root | quote }}
+{{- range $name := keys $env | sortAlpha }}
+- name: {{ $name }}
+  value: {{ get $env $name | toString | quote }}
+{{- end }}
+{{- range $name := .config.secrets }}
+{{- $secretName := required (printf "keyVault.secrets has no entry for %s" $name) (get $values.keyVault.secrets $name) }}
+- name: {{ $name }}_FILE
+  value: /mnt/secrets/{{ $secretName }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level security context shared by every pod. */}}
+{{- define "dd.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.uid }}
+runAsGroup: {{ .Values.securityContext.uid }}
+fsGroup: {{ .Values.securityContext.uid }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security context shared by every container. */}}
+{{- define "dd.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.uid }}
+runAsGroup: {{ .Values.securityContext.uid }}
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Volumes every pod has: /tmp scratch and the Key Vault secrets. dict "root" "component" */}}
+{{- define "dd.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.tmpSizeLimit }}
+- name: secrets
+  csi:
+    driver: secrets-store.csi.k8s.io
+    readOnly: true
+    volumeAttributes:
+      secretProviderClass: {{ include "dd.componentName" . }}
+{{- end }}
+
+{{- define "dd.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: secrets
+  mountPath: /mnt/secrets
+  readOnly: true
+{{- end }}
+
+{{/*
+The pod spec fields every component shares: service account, security, volumes, spreading.
+dict "root" $ "component" "web" "config" .Values.web
+*/}}
+{{- define "dd.podCommon" -}}
+serviceAccountName: {{ include "dd.componentName" . }}
+# The pods never call the Kubernetes API. Workload identity projects its own token volume, so
+# the service account token is not mounted.
+automountServiceAccountToken: false
+enableServiceLinks: false
+terminationGracePeriodSeconds: {{ .config.terminationGracePeriodSeconds | default 30 }}
+securityContext:
+  {{- include "dd.podSecurityContext" .root | nindent 2 }}
+volumes:
+  {{- include "dd.volumes" . | nindent 2 }}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "dd.componentSelectorLabels" . | nindent 8 }}
+    matchLabelKeys: [pod-template-hash]
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "dd.componentSelectorLabels" . | nindent 8 }}
+    matchLabelKeys: [pod-template-hash]
+{{- end }}
+{{- end }}
+
+{{/* Labels of a component's pods: selector labels plus workload identity. */}}
+{{- define "dd.podLabels" -}}
+{{ include "dd.componentLabels" . }}
+azure.workload.identity/use: "true"
+{{- end }}
+
+{{/* The container fields every component shares. dict "root" "component" "config" */}}
+{{- define "dd.containerCommon" -}}
+image: {{ include "dd.image" .root }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+securityContext:
+  {{- include "dd.containerSecurityContext" .root | nindent 2 }}
+resources:
+  {{- toYaml .config.resources | nindent 2 }}
+volumeMounts:
+  {{- include "dd.volumeMounts" . | nindent 2 }}
+{{- end }}
+
+{{/* A Deployment's strategy for a component that runs more than one replica. */}}
+{{- define "dd.rollingStrategy" -}}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- end }}
+
+{{- define "dd.dnsPeer" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Values.networkPolicy.dns.namespace }}
+  podSelector:
+    matchLabels:
+      {{- toYaml .Values.networkPolicy.dns.podLabels | nindent 6 }}
+{{- end }}
+
+{{- define "dd.dnsPorts" -}}
+- port: 53
+  protocol: UDP
+- port: 53
+  protocol: TCP
+{{- end }}
