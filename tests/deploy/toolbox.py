@@ -4,6 +4,7 @@ libraries, with JSON on stdout for the tests to read.
     python tests/deploy/toolbox.py render CHART RELEASE NAMESPACE [VALUES_FILE ...]
     python tests/deploy/toolbox.py lint CHART NAMESPACE KUBE_VERSION [VALUES_FILE ...]
     python tests/deploy/toolbox.py kustomize DIRECTORY
+    python tests/deploy/toolbox.py values [VALUES_FILE ...]
     python tests/deploy/toolbox.py versions
 
 Values files are merged in order, with Helm's own coalescing, exactly as `-f a.yaml -f b.yaml`.
@@ -85,6 +86,8 @@ def main(argv: list[str]) -> int:
         out: Any = render(args[0], args[1], args[2], args[3:])
     elif command == "lint":
         out = lint(args[0], args[1], args[2], args[3:])
+    elif command == "values":
+        out = _values(args)
     elif command == "kustomize":
         out = kustomize(args[0])
     elif command == "versions":
