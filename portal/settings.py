@@ -7,6 +7,7 @@ without the secret key, the allowed hosts and the URLs of every backing service.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -118,6 +119,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_api_key",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "portal",
     "businesses",
     "drones",
@@ -261,10 +263,60 @@ if CELERY_BROKER_URL.startswith("redis"):
     CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = envint("CELERY_VISIBILITY_TIMEOUT", 300)
 WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"
 
+API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
+
 HEALTHCHECK_TIMEOUT_SECONDS = float(envstr("HEALTHCHECK_TIMEOUT_SECONDS", "2") or 2)
 
 REST_FRAMEWORK: dict[str, object] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["businesses.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["businesses.auth.ApiKeyRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "portal.api.Pagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "portal.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fabrikam Drone Delivery API",
+    "DESCRIPTION": (
+        "Schedule drone pickups, follow them live, cancel or reschedule them. Authenticate with "
+        "`Authorization: Api-Key <key>`. Coordinates are WGS84 decimal degrees; times are ISO 8601 "
+        "with a zone."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization"}}
+    },
+    "SECURITY": [{"ApiKey": []}],
+}
+
+# Deliveries: pricing, limits and the workflow's patience.
+PUBLIC_BASE_URL = (envstr("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
+PRICE_CURRENCY = envstr("PRICE_CURRENCY") or "USD"
+PRICE_BASE = Decimal(envstr("PRICE_BASE") or "4.00")
+PRICE_PER_KM = Decimal(envstr("PRICE_PER_KM") or "1.20")
+PRICE_PER_KG = Decimal(envstr("PRICE_PER_KG") or "0.50")
+PRICE_CONFIRMATION = Decimal(envstr("PRICE_CONFIRMATION") or "0.50")
+PRICE_EXPEDITED_FACTOR = Decimal(envstr("PRICE_EXPEDITED_FACTOR") or "1.5")
+QUOTE_TTL_SECONDS = envint("QUOTE_TTL_SECONDS", 15 * 60)
+IDEMPOTENCY_TTL_SECONDS = envint("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
+DELIVERY_ASSIGN_TIMEOUT_SECONDS = envint("DELIVERY_ASSIGN_TIMEOUT_SECONDS", 2 * 3600)
+DELIVERY_RETRY_BASE_SECONDS = float(envstr("DELIVERY_RETRY_BASE_SECONDS") or 2)
+DELIVERY_RETRY_MAX_SECONDS = float(envstr("DELIVERY_RETRY_MAX_SECONDS") or 60)
+DRONE_BATTERY_RESERVE_PCT = float(envstr("DRONE_BATTERY_RESERVE_PCT") or 20)
+
+CELERY_BEAT_SCHEDULE = {
+    "outbox-relay": {"task": "workers.outbox_relay", "schedule": 5.0},
+    "deliveries-sweep": {"task": "workers.deliveries_sweep", "schedule": 30.0},
+    "housekeeping": {"task": "workers.housekeeping", "schedule": 3600.0},
 }
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO") or "INFO"

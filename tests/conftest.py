@@ -1,10 +1,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from django.db import connection
+from django.test import Client
+
+from businesses.models import Business
+from businesses.services import business_create
+from drones.geo import Point
+from drones.models import Base, Drone, DroneModel
+from portal.localservices import free_port
+from tests.support import celery_worker
+
+# The demo area of the tests: central Seattle.
+CENTER = Point(lat=47.6062, lon=-122.3321)
 
 
 def database_url() -> str:
@@ -27,3 +42,148 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     env["WORKER_HEARTBEAT_FILE"] = str(tmp_path / "worker-heartbeat")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- businesses and their API clients ---------------------------------------------------------
+
+
+class ApiClient(Client):
+    """A test client that sends a business's API key and JSON bodies."""
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        super().__init__(HTTP_AUTHORIZATION=f"Api-Key {key}", **kwargs)
+
+    def post_json(self, path: str, data: Any = None, **extra: Any) -> Any:
+        return self.post(path, data=data, content_type="application/json", **extra)
+
+    def patch_json(self, path: str, data: Any = None, **extra: Any) -> Any:
+        return self.patch(path, data=data, content_type="application/json", **extra)
+
+
+@dataclass
+class Tenant:
+    business: Business
+    key: str
+    client: ApiClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = ApiClient(self.key)
+
+
+@pytest.fixture
+def tenant(db: None) -> Tenant:
+    business, key = business_create(name="Contoso Pharmacy", email="ops@contoso.example")
+    return Tenant(business, key)
+
+
+@pytest.fixture
+def other_tenant(db: None) -> Tenant:
+    business, key = business_create(name="Northwind Flowers", email="ops@northwind.example")
+    return Tenant(business, key)
+
+
+# --- the fleet --------------------------------------------------------------------------------
+
+
+def make_fleet(count: int, *, center: Point = CENTER, battery: float = 100.0) -> list[Drone]:
+    """`count` idle standard drones (5 kg, 60 km/h, 30 km) at one base in the centre."""
+    model, _ = DroneModel.objects.get_or_create(
+        name="standard",
+        defaults={"max_payload_kg": 5.0, "cruise_speed_kmh": 60.0, "range_km": 30.0},
+    )
+    base, _ = Base.objects.get_or_create(
+        name="Central", defaults={"lat": center.lat, "lon": center.lon}
+    )
+    start = Drone.objects.count()
+    return Drone.objects.bulk_create(
+        Drone(
+            serial=f"T-{start + i:05d}",
+            model=model,
+            base=base,
+            state=Drone.State.IDLE,
+            battery_pct=battery,
+            lat=base.lat,
+            lon=base.lon,
+            alt_m=0.0,
+        )
+        for i in range(count)
+    )
+
+
+@pytest.fixture
+def fleet(db: None) -> list[Drone]:
+    return make_fleet(3)
+
+
+def delivery_body(**overrides: Any) -> dict[str, Any]:
+    """A delivery of 2 kg over about 3 km in central Seattle."""
+    body: dict[str, Any] = {
+        "pickup": {"lat": 47.6097, "lon": -122.3422, "address": "Pike Place Market"},
+        "dropoff": {"lat": 47.6205, "lon": -122.3493, "address": "Space Needle"},
+        "package": {"size": "small", "weight_kg": 2.0, "tag": "pharmacy"},
+        "recipient": {"name": "Ada", "email": "ada@example.com"},
+    }
+    body.update(overrides)
+    return body
+
+
+# --- a mail server standing in for the provider -----------------------------------------------
+
+
+class MailSink:
+    """Collects every message an SMTP client delivers; `delay` holds each DATA that long."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.delay = 0.0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        import asyncio
+
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+@pytest.fixture(scope="session")
+def mail_server() -> Iterator[tuple[MailSink, int]]:
+    sink = MailSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield sink, port
+    controller.stop()
+
+
+@pytest.fixture
+def mailbox(mail_server: tuple[MailSink, int]) -> MailSink:
+    sink, _ = mail_server
+    sink.messages.clear()
+    sink.delay = 0.0
+    return sink
+
+
+def worker_env(env: dict[str, str], mail_port: int) -> dict[str, str]:
+    return {
+        **env,
+        "DATABASE_URL": database_url(),
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": str(mail_port),
+        "EMAIL_USE_TLS": "false",
+        "DELIVERY_RETRY_BASE_SECONDS": "0.5",
+        "DELIVERY_RETRY_MAX_SECONDS": "2",
+    }
+
+
+@pytest.fixture
+def worker(
+    transactional_db: None,
+    process_env: dict[str, str],
+    mail_server: tuple[MailSink, int],
+    tmp_path: Path,
+) -> Iterator[Any]:
+    """A real Celery worker process on the test database, services and broker."""
+    env = worker_env(process_env, mail_server[1])
+    with celery_worker(env, log=tmp_path / "worker.log", concurrency=2) as process:
+        yield process

@@ -1,11 +1,92 @@
-"""Celery tasks: thin, each translating a message into service calls."""
+"""Celery tasks: thin, each translating a message into service calls.
+
+Tasks take ids and re-read the world, so a redelivered message is harmless; that is what makes
+`acks_late` with `reject_on_worker_lost` (settings) safe for all of them.
+"""
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+from typing import Any
+from uuid import UUID
+
+from celery import Task, shared_task
+
+from deliveries import services
+from deliveries.models import Delivery
+from packages.services import package_upsert
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 8
 
 
 @shared_task(name="workers.ping")
 def ping() -> str:
     """Round trip through the broker and a worker, used by tests and operators."""
     return "pong"
+
+
+@shared_task(bind=True, name=services.WORKFLOW_TASK, max_retries=MAX_RETRIES)
+def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
+    """The delivery workflow: package document, drone, live status, the customer's email.
+
+    A step that raises is retried with exponential backoff; when the retries run out the
+    delivery is failed with the reason and its drone released, for operators to retry.
+    """
+    try:
+        return _delivery_process(UUID(delivery_id), attempt)
+    except Exception as exc:
+        if self.request.retries >= MAX_RETRIES:
+            logger.exception("delivery %s: workflow gave up", delivery_id)
+            services.delivery_fail(
+                delivery_id=UUID(delivery_id),
+                reason=f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}: {exc}",
+            )
+            return "failed"
+        countdown = min(300, 2 ** (self.request.retries + 1))
+        logger.warning("delivery %s: step failed, retry in %s s: %s", delivery_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+def _delivery_process(delivery_id: UUID, attempt: int) -> str:
+    delivery = Delivery.objects.filter(pk=delivery_id).first()
+    if delivery is None:
+        return "gone"
+    if delivery.status == Delivery.Status.REQUESTED:
+        package_upsert(
+            package_id=delivery.package_id,
+            business_id=delivery.business_id,
+            delivery_id=delivery.id,
+            size=delivery.package_size,
+            weight_kg=delivery.package_weight_kg,
+            tag=delivery.package_tag or delivery.package_size,
+        )
+        outcome = services.delivery_assign(delivery_id=delivery_id, attempt=attempt)
+        if outcome.result == "wait":
+            delivery_process.apply_async(
+                kwargs={"delivery_id": str(delivery_id), "attempt": outcome.attempt},
+                countdown=outcome.retry_in,
+            )
+            return "waiting"
+    # Also on a redelivered message whose first run died after assigning: the email is sent once.
+    services.delivery_notify_eta(delivery_id=delivery_id)
+    return "done"
+
+
+@shared_task(name="workers.outbox_relay")
+def outbox_relay() -> int:
+    return services.outbox_relay()
+
+
+@shared_task(name="workers.deliveries_sweep")
+def deliveries_sweep() -> int:
+    return services.deliveries_sweep()
+
+
+@shared_task(name="workers.housekeeping")
+def housekeeping() -> dict[str, Any]:
+    return {
+        "idempotency_records": services.idempotency_prune(),
+        "outbox_messages": services.outbox_prune(),
+    }

@@ -1,0 +1,131 @@
+"""`Authorization: Api-Key <key>` authentication and the per-key rate limit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
+from django_redis import get_redis_connection
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+from rest_framework_api_key.crypto import KeyGenerator
+
+from businesses.models import BusinessAPIKey
+from businesses.services import api_key_cache_key
+
+KEYWORD = "Api-Key"
+# How long a verified key is trusted without asking the database again. Revocation through the
+# service deletes the cached entry, so it takes effect at once.
+KEY_CACHE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class BusinessPrincipal:
+    """`request.user` for API calls: the business the key belongs to."""
+
+    business_id: Any
+    business_name: str
+    key_prefix: str
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+
+    @property
+    def pk(self) -> Any:
+        return self.business_id
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    generator = KeyGenerator()
+
+    def authenticate(self, request: Request) -> tuple[BusinessPrincipal, str] | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            return None
+        keyword, _, key = header.partition(" ")
+        key = key.strip()
+        if keyword != KEYWORD or not key:
+            raise exceptions.AuthenticationFailed(
+                f"use the header 'Authorization: {KEYWORD} <key>'"
+            )
+        prefix, dot, _ = key.partition(".")
+        if not dot:
+            raise exceptions.AuthenticationFailed("malformed API key")
+        cached = cache.get(api_key_cache_key(prefix))
+        if cached is None:
+            cached = self._load(prefix)
+            cache.set(api_key_cache_key(prefix), cached, KEY_CACHE_SECONDS)
+        if not cached or not self.generator.verify(key, cached["hashed_key"]):
+            raise exceptions.AuthenticationFailed("invalid or revoked API key")
+        if cached["expires"] is not None and cached["expires"] < time.time():
+            raise exceptions.AuthenticationFailed("this API key has expired")
+        principal = BusinessPrincipal(
+            business_id=cached["business_id"],
+            business_name=cached["business_name"],
+            key_prefix=prefix,
+        )
+        return principal, prefix
+
+    def _load(self, prefix: str) -> dict[str, Any]:
+        api_key = (
+            BusinessAPIKey.objects.filter(prefix=prefix, revoked=False, business__is_active=True)
+            .select_related("business")
+            .first()
+        )
+        if api_key is None:
+            return {}  # cached too, so a flood of bad keys does not reach the database
+        return {
+            "hashed_key": api_key.hashed_key,
+            "business_id": api_key.business_id,
+            "business_name": api_key.business.name,
+            "expires": api_key.expiry_date.timestamp() if api_key.expiry_date else None,
+        }
+
+    def authenticate_header(self, request: Request) -> str:
+        return KEYWORD
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """DRF's rate syntax: `100/second`, `5000/hour` (only the unit's first letter counts)."""
+    try:
+        count, unit = rate.split("/")
+        return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit.strip()[0]]
+    except (ValueError, KeyError, IndexError):
+        raise ImproperlyConfigured(f"API_RATE_LIMIT {rate!r} is not like 100/second") from None
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    """A fixed-window counter per API key in Redis: one atomic INCR per request.
+
+    DRF's own throttles keep a history list with get-then-set, which lets concurrent requests
+    through past the limit; INCR cannot.
+    """
+
+    def __init__(self) -> None:
+        self.num_requests, self.duration = parse_rate(settings.API_RATE_LIMIT)
+        self.wait_seconds: float | None = None
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        prefix = request.auth
+        if not isinstance(prefix, str):
+            return True
+        now = time.time()
+        window = int(now // self.duration)
+        key = f"throttle:{prefix}:{window}"
+        connection = get_redis_connection("default")
+        pipeline = connection.pipeline(transaction=False)
+        pipeline.incr(key)
+        pipeline.expire(key, self.duration + 1)
+        count, _ = pipeline.execute()
+        if int(count) <= self.num_requests:
+            return True
+        self.wait_seconds = (window + 1) * self.duration - now
+        return False
+
+    def wait(self) -> float | None:
+        return self.wait_seconds

@@ -1,0 +1,431 @@
+"""The business API for quotes and deliveries (`/api/v1/`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deliveries import selectors, services
+from deliveries.models import Delivery, Quote
+from drones.geo import Point
+from portal.api import Pagination
+from portal.errors import NotFound
+
+# --- input ------------------------------------------------------------------------------------
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """ISO 8601 with a zone; a time without one is ambiguous and refused."""
+
+    def to_internal_value(self, value: Any) -> datetime:
+        parsed = super().to_internal_value(value)
+        if isinstance(value, str) and not _has_zone(value):
+            raise serializers.ValidationError(
+                "include a time zone, e.g. 2026-05-01T14:30:00Z or +02:00"
+            )
+        return parsed
+
+
+def _has_zone(text: str) -> bool:
+    text = text.strip()
+    return text.endswith(("Z", "z")) or (len(text) > 6 and text[-6] in "+-" and text[-3] == ":")
+
+
+class PlaceIn(serializers.Serializer):
+    lat = serializers.FloatField(help_text="WGS84 latitude in decimal degrees")
+    lon = serializers.FloatField(help_text="WGS84 longitude in decimal degrees")
+    address = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
+
+
+class PackageIn(serializers.Serializer):
+    size = serializers.ChoiceField(choices=Delivery.Size.choices)
+    weight_kg = serializers.FloatField()
+    tag = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class RecipientIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    email = serializers.EmailField(required=False, allow_blank=True, default="")
+    phone = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+
+
+class DeliveryIn(serializers.Serializer):
+    pickup = PlaceIn()
+    dropoff = PlaceIn()
+    package = PackageIn()
+    pickup_time = AwareDateTimeField(required=False, allow_null=True, default=None)
+    deadline = AwareDateTimeField(required=False, allow_null=True, default=None)
+    expedited = serializers.BooleanField(required=False, default=False)
+    confirmation_required = serializers.ChoiceField(
+        choices=Delivery.Confirmation.choices, required=False, default=Delivery.Confirmation.NONE
+    )
+    recipient = RecipientIn(required=False, allow_null=True, default=None)
+    quote_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    def to_internal_value(self, data: Any) -> Any:
+        _refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
+
+
+class RescheduleIn(serializers.Serializer):
+    pickup_time = AwareDateTimeField(required=False)
+    dropoff = PlaceIn(required=False)
+    deadline = AwareDateTimeField(required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        _refuse_unknown_fields(self, data, hint="only pickup_time, dropoff and deadline change")
+        if isinstance(data, dict) and not data:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["give at least one of pickup_time, dropoff, deadline"]}
+            )
+        return super().to_internal_value(data)
+
+
+def _refuse_unknown_fields(serializer: serializers.Serializer, data: Any, hint: str = "") -> None:
+    if not isinstance(data, dict):
+        return
+    unknown = sorted(set(data) - set(serializer.fields))
+    if unknown:
+        message = "unknown field" + (f"; {hint}" if hint else "")
+        raise serializers.ValidationError({name: [message] for name in unknown})
+
+
+def _place(data: dict[str, Any]) -> services.Place:
+    return services.Place(Point(lat=data["lat"], lon=data["lon"]), data.get("address", ""))
+
+
+def delivery_request_from(data: dict[str, Any]) -> services.DeliveryRequest:
+    recipient = data.get("recipient") or {}
+    return services.DeliveryRequest(
+        pickup=_place(data["pickup"]),
+        dropoff=_place(data["dropoff"]),
+        package_size=data["package"]["size"],
+        package_weight_kg=data["package"]["weight_kg"],
+        package_tag=data["package"].get("tag", ""),
+        pickup_time=data.get("pickup_time"),
+        deadline=data.get("deadline"),
+        expedited=data.get("expedited", False),
+        confirmation_required=data.get("confirmation_required", Delivery.Confirmation.NONE),
+        recipient={k: v for k, v in recipient.items() if v},
+    )
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+class MoneyOut(serializers.Serializer):
+    amount = serializers.DecimalField(max_digits=10, decimal_places=2)
+    currency = serializers.CharField()
+
+
+class QuoteOut(serializers.Serializer):
+    quote_id = serializers.UUIDField(source="id")
+    price = serializers.SerializerMethodField()
+    pickup_eta = serializers.DateTimeField()
+    dropoff_eta = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+    def get_price(self, quote: Quote) -> dict[str, str]:
+        return {"amount": str(quote.price_amount), "currency": quote.price_currency}
+
+
+class LocationOut(serializers.Serializer):
+    lat = serializers.FloatField()
+    lon = serializers.FloatField()
+    alt_m = serializers.FloatField(allow_null=True)
+
+
+class StatusOut(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Delivery.Status.choices)
+    drone_location = LocationOut(allow_null=True)
+    pickup_eta = serializers.DateTimeField(allow_null=True)
+    dropoff_eta = serializers.DateTimeField(allow_null=True)
+    updated_at = serializers.DateTimeField(allow_null=True)
+    failure_reason = serializers.CharField(allow_null=True)
+
+
+class EventOut(serializers.Serializer):
+    status = serializers.CharField()
+    at = serializers.DateTimeField()
+    location = serializers.SerializerMethodField()
+    note = serializers.CharField()
+
+    def get_location(self, event: Any) -> dict[str, float | None] | None:
+        if event.lat is None:
+            return None
+        return {"lat": event.lat, "lon": event.lon, "alt_m": event.alt_m}
+
+
+def delivery_document(delivery: Delivery, *, events: bool = False) -> dict[str, Any]:
+    """The JSON of a delivery; plain code, as it sits on the ingestion hot path."""
+    iso = _iso
+    document: dict[str, Any] = {
+        "id": str(delivery.id),
+        "status": delivery.status,
+        "tracking_url": tracking_url(delivery),
+        "pickup": {
+            "lat": delivery.pickup_lat,
+            "lon": delivery.pickup_lon,
+            "address": delivery.pickup_address,
+        },
+        "dropoff": {
+            "lat": delivery.dropoff_lat,
+            "lon": delivery.dropoff_lon,
+            "address": delivery.dropoff_address,
+        },
+        "package": {
+            "id": str(delivery.package_id),
+            "size": delivery.package_size,
+            "weight_kg": delivery.package_weight_kg,
+            "tag": delivery.package_tag,
+        },
+        "pickup_time": iso(delivery.pickup_time),
+        "deadline": iso(delivery.deadline),
+        "expedited": delivery.expedited,
+        "confirmation_required": delivery.confirmation_required,
+        "recipient": {
+            "name": delivery.recipient_name,
+            "email": delivery.recipient_email,
+            "phone": delivery.recipient_phone,
+        }
+        if delivery.recipient_name
+        else None,
+        "price": {"amount": str(delivery.price_amount), "currency": delivery.price_currency}
+        if delivery.price_amount is not None
+        else None,
+        "quote_id": str(delivery.quote_id) if delivery.quote_id else None,
+        "drone": {"id": str(delivery.drone_id), "serial": delivery.drone.serial}
+        if delivery.drone_id and delivery.drone
+        else None,
+        "pickup_eta": iso(delivery.pickup_eta),
+        "dropoff_eta": iso(delivery.dropoff_eta),
+        "failure_reason": delivery.failure_reason or None,
+        "created_at": iso(delivery.created_at),
+        "updated_at": iso(delivery.updated_at),
+    }
+    if events:
+        document["events"] = EventOut(delivery.events.all(), many=True).data
+    return document
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def tracking_url(delivery: Delivery) -> str:
+    return f"{settings.PUBLIC_BASE_URL}{reverse('track', args=[delivery.tracking_token])}"
+
+
+DeliveryOut = inline_serializer(
+    name="Delivery",
+    fields={
+        "id": serializers.UUIDField(),
+        "status": serializers.ChoiceField(choices=Delivery.Status.choices),
+        "tracking_url": serializers.URLField(),
+        "pickup": PlaceIn(),
+        "dropoff": PlaceIn(),
+        "package": inline_serializer(
+            name="PackageOut",
+            fields={
+                "id": serializers.UUIDField(),
+                "size": serializers.CharField(),
+                "weight_kg": serializers.FloatField(),
+                "tag": serializers.CharField(),
+            },
+        ),
+        "pickup_time": serializers.DateTimeField(allow_null=True),
+        "deadline": serializers.DateTimeField(allow_null=True),
+        "expedited": serializers.BooleanField(),
+        "confirmation_required": serializers.CharField(),
+        "recipient": RecipientIn(allow_null=True),
+        "price": MoneyOut(allow_null=True),
+        "quote_id": serializers.UUIDField(allow_null=True),
+        "drone": inline_serializer(
+            name="DroneRef",
+            fields={"id": serializers.UUIDField(), "serial": serializers.CharField()},
+            allow_null=True,
+        ),
+        "pickup_eta": serializers.DateTimeField(allow_null=True),
+        "dropoff_eta": serializers.DateTimeField(allow_null=True),
+        "failure_reason": serializers.CharField(allow_null=True),
+        "created_at": serializers.DateTimeField(),
+        "updated_at": serializers.DateTimeField(),
+        "events": EventOut(many=True, required=False),
+    },
+)
+ERRORS = {
+    400: OpenApiResponse(description="malformed input: `error.fields` names each bad field"),
+    401: OpenApiResponse(description="missing, invalid or revoked API key"),
+    404: OpenApiResponse(description="no such delivery for this business"),
+    409: OpenApiResponse(description="not possible in the delivery's current state"),
+    422: OpenApiResponse(description="well-formed but impossible; `error.message` says why"),
+    429: OpenApiResponse(description="rate limit; see Retry-After"),
+}
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Replays the first answer for 24 hours; the same key with another body is a 409.",
+)
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def _delivery_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound("no such delivery") from None
+
+
+def _business_id(request: Request) -> Any:
+    return request.user.pk
+
+
+def _idempotent_post(request: Request, produce: Any) -> Response:
+    stored = services.idempotent(
+        business_id=_business_id(request),
+        key=request.headers.get("Idempotency-Key"),
+        method=request.method or "POST",
+        path=request.path,
+        fingerprint=services.request_fingerprint(
+            method=request.method or "POST", path=request.path, body=request.data
+        ),
+        produce=produce,
+    )
+    response = Response(stored.body, status=stored.status, headers=stored.headers)
+    if stored.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+class QuoteCreateApi(APIView):
+    @extend_schema(
+        summary="Price a delivery and estimate its pickup and dropoff",
+        request=DeliveryIn,
+        responses={200: QuoteOut, **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = DeliveryIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        quote = services.quote_create(
+            business_id=_business_id(request),
+            request=delivery_request_from(serializer.validated_data),
+        )
+        return Response(QuoteOut(quote).data, status=status.HTTP_200_OK)
+
+
+class DeliveryListCreateApi(APIView):
+    @extend_schema(
+        summary="List the caller's deliveries, newest first",
+        parameters=[OpenApiParameter("status", str, enum=list(Delivery.Status.values))],
+        responses={200: DeliveryOut},
+    )
+    def get(self, request: Request) -> Response:
+        wanted = request.query_params.get("status")
+        if wanted and wanted not in Delivery.Status.values:
+            raise serializers.ValidationError(
+                {"status": [f"one of {', '.join(Delivery.Status.values)}"]}
+            )
+        deliveries = selectors.delivery_list(business_id=_business_id(request), status=wanted)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(deliveries, request, view=self)
+        return paginator.get_paginated_response([delivery_document(d) for d in page or []])
+
+    @extend_schema(
+        summary="Schedule a delivery",
+        description=(
+            "Stores the request and answers 202 at once; workers assign a drone. Follow it with "
+            "`GET /api/v1/deliveries/{id}/status` or the tracking URL."
+        ),
+        request=DeliveryIn,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={202: DeliveryOut, 409: ERRORS[409], **ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        def produce() -> services.StoredResponse:
+            serializer = DeliveryIn(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            delivery = services.delivery_create(
+                business_id=_business_id(request),
+                request=delivery_request_from(data),
+                quote_id=data.get("quote_id"),
+            )
+            location = reverse("delivery-detail", args=[delivery.id])
+            return services.StoredResponse(
+                status.HTTP_202_ACCEPTED, delivery_document(delivery), {"Location": location}
+            )
+
+        return _idempotent_post(request, produce)
+
+
+class DeliveryDetailApi(APIView):
+    @extend_schema(summary="A delivery with its events", responses={200: DeliveryOut, **ERRORS})
+    def get(self, request: Request, delivery_id: str) -> Response:
+        delivery = selectors.delivery_get(
+            business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
+        )
+        return Response(delivery_document(delivery, events=True))
+
+    @extend_schema(
+        summary="Reschedule before pickup: pickup time, dropoff, deadline",
+        request=RescheduleIn,
+        responses={200: DeliveryOut, **ERRORS},
+    )
+    def patch(self, request: Request, delivery_id: str) -> Response:
+        serializer = RescheduleIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        delivery = services.delivery_reschedule(
+            business_id=_business_id(request),
+            delivery_id=_delivery_id(delivery_id),
+            pickup_time=data.get("pickup_time"),
+            dropoff=_place(data["dropoff"]) if "dropoff" in data else None,
+            deadline=data.get("deadline"),
+        )
+        return Response(delivery_document(delivery, events=True))
+
+
+class DeliveryStatusApi(APIView):
+    @extend_schema(summary="The live status and ETAs", responses={200: StatusOut, **ERRORS})
+    def get(self, request: Request, delivery_id: str) -> Response:
+        document = selectors.delivery_status_get(
+            business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
+        )
+        return Response(document)
+
+
+class DeliveryCancelApi(APIView):
+    @extend_schema(
+        summary="Cancel before pickup; the drone is released",
+        request=None,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={200: DeliveryOut, **ERRORS},
+    )
+    def post(self, request: Request, delivery_id: str) -> Response:
+        def produce() -> services.StoredResponse:
+            delivery = services.delivery_cancel(
+                business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
+            )
+            return services.StoredResponse(status.HTTP_200_OK, delivery_document(delivery), {})
+
+        return _idempotent_post(request, produce)

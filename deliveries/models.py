@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.db import models
+
+
+def tracking_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Delivery(models.Model):
+    """A business's request to carry one package from a pickup to a dropoff by drone.
+
+    The relational record is the source of truth; Redis holds a copy of the live status.
+    """
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested"
+        ASSIGNED = "assigned"
+        EN_ROUTE_TO_PICKUP = "en_route_to_pickup"
+        EN_ROUTE_TO_DROPOFF = "en_route_to_dropoff"
+        DELIVERED = "delivered"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+
+    class Size(models.TextChoices):
+        SMALL = "small"
+        MEDIUM = "medium"
+        LARGE = "large"
+
+    class Confirmation(models.TextChoices):
+        NONE = "none"
+        PICTURE = "picture"
+        FINGERPRINT = "fingerprint"
+        VOICE = "voice"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    business = models.ForeignKey(
+        "businesses.Business", on_delete=models.PROTECT, related_name="deliveries"
+    )
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.REQUESTED)
+
+    pickup_lat = models.FloatField()
+    pickup_lon = models.FloatField()
+    pickup_address = models.CharField(max_length=300, blank=True)
+    dropoff_lat = models.FloatField()
+    dropoff_lon = models.FloatField()
+    dropoff_address = models.CharField(max_length=300, blank=True)
+
+    package_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    package_size = models.CharField(max_length=8, choices=Size.choices)
+    package_weight_kg = models.FloatField()
+    package_tag = models.CharField(max_length=100, blank=True)
+
+    pickup_time = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True)
+    expedited = models.BooleanField(default=False)
+    confirmation_required = models.CharField(
+        max_length=12, choices=Confirmation.choices, default=Confirmation.NONE
+    )
+    recipient_name = models.CharField(max_length=200, blank=True)
+    recipient_email = models.EmailField(blank=True)
+    recipient_phone = models.CharField(max_length=40, blank=True)
+
+    quote = models.ForeignKey("Quote", null=True, blank=True, on_delete=models.SET_NULL)
+    price_amount = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    price_currency = models.CharField(max_length=3, blank=True)
+
+    drone = models.ForeignKey(
+        "drones.Drone", null=True, blank=True, on_delete=models.PROTECT, related_name="deliveries"
+    )
+    pickup_eta = models.DateTimeField(null=True, blank=True)
+    dropoff_eta = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.CharField(max_length=300, blank=True)
+    # While waiting for a free drone: when the workflow will look again. The sweeper
+    # republishes deliveries whose next attempt is long overdue (a message lost by the broker).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    eta_notified_at = models.DateTimeField(null=True, blank=True)
+
+    tracking_token = models.CharField(max_length=64, unique=True, default=tracking_token)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["business", "-created_at"], name="delivery_business_recent"),
+            models.Index(fields=["business", "status"], name="delivery_business_status"),
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_waiting"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(package_weight_kg__gt=0), name="delivery_weight_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+
+class DeliveryEvent(models.Model):
+    """One change of a delivery: its new status, when, and where the drone was."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    status = models.CharField(max_length=24, choices=Delivery.Status.choices)
+    at = models.DateTimeField()
+    lat = models.FloatField(null=True, blank=True)
+    lon = models.FloatField(null=True, blank=True)
+    alt_m = models.FloatField(null=True, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["delivery", "at"], name="event_delivery_at")]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.status} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class Quote(models.Model):
+    """A priced, time-limited offer for a delivery as described in `request`."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    business = models.ForeignKey(
+        "businesses.Business", on_delete=models.CASCADE, related_name="quotes"
+    )
+    request = models.JSONField()
+    price_amount = models.DecimalField(max_digits=10, decimal_places=2)
+    price_currency = models.CharField(max_length=3)
+    pickup_eta = models.DateTimeField()
+    dropoff_eta = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"quote {self.id} {self.price_amount} {self.price_currency}"
+
+
+class OutboxMessage(models.Model):
+    """A workflow message stored in the same transaction as what it is about.
+
+    Published after commit; the relay on beat publishes what was stored but not published
+    (the broker was down), so an accepted request is never lost.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task = models.CharField(max_length=200)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["published_at", "created_at"], name="outbox_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.task} {self.payload}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a POST with an `Idempotency-Key`, replayed for 24 hours."""
+
+    business = models.ForeignKey("businesses.Business", on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=300)
+    request_hash = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    response_headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["business", "key"], name="idempotency_key_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.response_status}"
