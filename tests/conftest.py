@@ -137,7 +137,7 @@ class MailSink:
         self.messages: list[bytes] = []
         self.delay = 0.0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         import asyncio
 
         if self.delay:
