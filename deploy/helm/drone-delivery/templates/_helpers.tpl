@@ -77,7 +77,7 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
 {{- define "dd.env" -}}
 {{- $root := .root }}
 {{- $values := $root.Values }}
-{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" }}
+{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" -}}
 - name: ALLOWED_HOSTS
   value: {{ default $values.host $values.env.ALLOWED_HOSTS | quote }}
 - name: CSRF_TRUSTED_ORIGINS
