@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DronesConfig(AppConfig):
+    name = "drones"
+    verbose_name = "Drone fleet"

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class TimeStamped(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+class DroneModel(TimeStamped):
+    """A type of drone: what it carries, how fast and how far it flies."""
+
+    name = models.CharField(max_length=100, unique=True)
+    max_payload_kg = models.FloatField()
+    cruise_speed_kmh = models.FloatField()
+    range_km = models.FloatField(help_text="Distance it flies on a full battery.")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(max_payload_kg__gt=0) & Q(cruise_speed_kmh__gt=0) & Q(range_km__gt=0),
+                name="drone_model_positive_figures",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} ({self.max_payload_kg:g} kg, {self.cruise_speed_kmh:g} km/h, "
+            f"{self.range_km:g} km)"
+        )
+
+
+class Base(TimeStamped):
+    """Where drones live and charge."""
+
+    name = models.CharField(max_length=100, unique=True)
+    lat = models.FloatField()
+    lon = models.FloatField()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(lat__gte=-90, lat__lte=90, lon__gte=-180, lon__lte=180),
+                name="base_position_on_earth",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.lat:.5f}, {self.lon:.5f})"
+
+
+class Drone(TimeStamped):
+    class State(models.TextChoices):
+        IDLE = "idle"
+        FLYING = "flying"
+        CHARGING = "charging"
+        GROUNDED = "grounded"
+
+    serial = models.CharField(max_length=32, unique=True)
+    # No index of its own: the (model, base) index below serves model lookups.
+    model = models.ForeignKey(
+        DroneModel, on_delete=models.PROTECT, related_name="drones", db_index=False
+    )
+    base = models.ForeignKey(
+        Base, on_delete=models.PROTECT, related_name="drones", help_text="Home base."
+    )
+    state = models.CharField(max_length=16, choices=State.choices, default=State.IDLE)
+    battery_pct = models.FloatField(default=100.0)
+    lat = models.FloatField(help_text="Current position.")
+    lon = models.FloatField(help_text="Current position.")
+    alt_m = models.FloatField(default=0.0)
+    # A plain UUID, not a ForeignKey: deliveries.Delivery points at Drone, and a key back would
+    # make the two apps' migrations circular. Unique (see Meta): one delivery, one drone, in the
+    # database itself; NULL (free) may repeat.
+    assigned_delivery_id = models.UUIDField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["serial"]
+        indexes = [
+            # The drone choice: free drones in a latitude band, the longitude, model, base and
+            # battery checked from the index itself, which covers the query (no table reads).
+            # Partial on the NULL test (a literal, so SQLite's planner can prove it from the
+            # query); busy drones then do not weigh on the search.
+            models.Index(
+                fields=["state", "lat", "lon", "model", "base", "battery_pct", "id"],
+                condition=Q(assigned_delivery_id__isnull=True),
+                name="drone_free_search_idx",
+            ),
+            # "Could any drone ever do it": one probe per (model, base) pair.
+            models.Index(fields=["model", "base"], name="drone_model_base_idx"),
+        ]
+        constraints = [
+            # Partial, so that "IS NULL" cannot use it: without statistics SQLite's planner takes
+            # a unique index for selective and would scan every free drone through it instead
+            # of using the search index. Same guarantee as unique=True (NULLs never clash).
+            models.UniqueConstraint(
+                fields=["assigned_delivery_id"],
+                condition=Q(assigned_delivery_id__isnull=False),
+                name="drone_one_per_delivery",
+            ),
+            models.CheckConstraint(
+                condition=Q(battery_pct__gte=0, battery_pct__lte=100),
+                name="drone_battery_pct_0_100",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.serial} ({self.state}, {self.battery_pct:.0f} %)"
+
+    @property
+    def is_free(self) -> bool:
+        return self.state == self.State.IDLE and self.assigned_delivery_id is None

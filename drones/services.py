@@ -1,0 +1,237 @@
+"""Writes to the fleet: reserving a drone for a delivery, releasing it, changing its state."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from drones.geo import EARTH_RADIUS_KM, Point
+from drones.models import Base, Drone, DroneModel
+from drones.selectors import (
+    FlightPlan,
+    delivery_impossible_reason,
+    drone_plan_best,
+    drone_plan_for,
+)
+from portal.errors import NotFound, Unavailable, Unprocessable
+
+logger = logging.getLogger(__name__)
+
+# Each lost race excludes one drone; after this many the fleet is too contended to keep trying
+# inside one transaction, and the caller retries later.
+MAX_CLAIM_ATTEMPTS = 8
+
+
+class NoDroneFree(Unavailable):
+    """Some drone could make the delivery, but none that can is free now."""
+
+    code = "no_drone_free"
+
+
+class DeliveryImpossible(Unprocessable):
+    """No drone of the fleet could ever make the delivery; the message says why."""
+
+    code = "no_drone_can_do_it"
+
+
+def drone_reserve(
+    *,
+    delivery_id: UUID,
+    pickup: Point,
+    dropoff: Point,
+    weight_kg: float,
+    start: datetime,
+    not_before: datetime | None = None,
+) -> FlightPlan:
+    """Book the best free drone for the delivery and return its flight plan.
+
+    Idempotent: a delivery that already has a drone gets that drone's plan again. Runs inside
+    the caller's transaction; a booking becomes visible to others when the caller commits.
+    """
+    booked = _booked_plan(
+        delivery_id=delivery_id, pickup=pickup, dropoff=dropoff, start=start, not_before=not_before
+    )
+    if booked is not None:
+        return booked
+    reason = delivery_impossible_reason(pickup=pickup, dropoff=dropoff, weight_kg=weight_kg)
+    if reason is not None:
+        raise DeliveryImpossible(reason)
+    lost: set[UUID] = set()
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        plan = drone_plan_best(
+            pickup=pickup,
+            dropoff=dropoff,
+            weight_kg=weight_kg,
+            start=start,
+            not_before=not_before,
+            exclude=frozenset(lost),
+        )
+        if plan is None:
+            break
+        try:
+            # A savepoint: a unique violation must not break the caller's transaction.
+            with transaction.atomic():
+                claimed = Drone.objects.filter(
+                    pk=plan.drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
+                ).update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
+        except IntegrityError:
+            # Only assigned_delivery_id is unique among the columns written: another worker
+            # booked a drone for this same delivery and committed first.
+            booked = _booked_plan(
+                delivery_id=delivery_id,
+                pickup=pickup,
+                dropoff=dropoff,
+                start=start,
+                not_before=not_before,
+            )
+            if booked is None:
+                raise
+            return booked
+        if claimed:
+            return plan
+        # Another delivery took it between our read and our write.
+        lost.add(plan.drone_id)
+    if lost:
+        logger.info("delivery %s lost the race for %d drones", delivery_id, len(lost))
+    raise NoDroneFree("No drone able to make this delivery is free now; it will be retried.")
+
+
+def drone_release(*, drone_id: UUID, delivery_id: UUID) -> bool:
+    """Free the drone if it is booked for this delivery; True if this call freed it."""
+    released = Drone.objects.filter(pk=drone_id, assigned_delivery_id=delivery_id).update(
+        assigned_delivery_id=None, updated_at=timezone.now()
+    )
+    return released == 1
+
+
+def drone_state_set(
+    *,
+    drone_id: UUID,
+    state: str,
+    battery_pct: float | None = None,
+    position: tuple[float, float, float] | None = None,
+) -> None:
+    """Record a drone's state, and optionally its battery and (lat, lon, alt_m) position."""
+    if state not in Drone.State.values:
+        raise Unprocessable(
+            f"Unknown drone state {state!r}; one of {', '.join(Drone.State.values)}.",
+            field="state",
+        )
+    changes: dict[str, object] = {"state": state, "updated_at": timezone.now()}
+    if battery_pct is not None:
+        if not 0 <= battery_pct <= 100:
+            raise Unprocessable("Battery must be between 0 and 100 %.", field="battery_pct")
+        changes["battery_pct"] = battery_pct
+    if position is not None:
+        lat, lon, alt_m = position
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise Unprocessable(f"({lat}, {lon}) is not a position on Earth.", field="position")
+        changes.update(lat=lat, lon=lon, alt_m=alt_m)
+    if not Drone.objects.filter(pk=drone_id).update(**changes):
+        raise NotFound(f"No drone {drone_id}.")
+
+
+def _booked_plan(
+    *,
+    delivery_id: UUID,
+    pickup: Point,
+    dropoff: Point,
+    start: datetime,
+    not_before: datetime | None,
+) -> FlightPlan | None:
+    drone_id = (
+        Drone.objects.filter(assigned_delivery_id=delivery_id).values_list("pk", flat=True).first()
+    )
+    if drone_id is None:
+        return None
+    return drone_plan_for(
+        drone_id=drone_id, pickup=pickup, dropoff=dropoff, start=start, not_before=not_before
+    )
+
+
+# Demo and benchmark fleets: the three models `seed_fleet` creates when missing.
+SEED_MODELS = (
+    ("light", 2.5, 60.0, 20.0),
+    ("standard", 5.0, 55.0, 30.0),
+    ("heavy", 12.0, 45.0, 25.0),
+)
+SEED_MODEL_SHARES = (0.4, 0.4, 0.2)
+DRONES_PER_BASE = 50
+MAX_SEED_BASES = 12
+
+
+@dataclass(frozen=True)
+class SeededBase:
+    name: str
+    lat: float
+    lon: float
+    drones: int
+
+
+def fleet_seed(
+    *, count: int, center: Point, radius_km: float = 10.0, seed: int | None = None
+) -> list[SeededBase]:
+    """Add `count` idle, (nearly) fully charged drones on a few bases within `radius_km` of
+    `center`; the drone models are created if missing. Returns the bases with their new drones.
+    """
+    if count < 0:
+        raise Unprocessable("The number of drones cannot be negative.", field="count")
+    if radius_km < 0:
+        raise Unprocessable("The radius cannot be negative.", field="radius_km")
+    rng = random.Random(seed)  # noqa: S311 - demo data, not secrets
+    models = [
+        DroneModel.objects.get_or_create(
+            name=name,
+            defaults={"max_payload_kg": payload, "cruise_speed_kmh": speed, "range_km": range_km},
+        )[0]
+        for name, payload, speed, range_km in SEED_MODELS
+    ]
+    n_bases = min(max(1, round(count / DRONES_PER_BASE)), MAX_SEED_BASES)
+    bases = []
+    for _ in range(n_bases):
+        # Uniform over the disc: the distance goes as the square root.
+        distance = radius_km * math.sqrt(rng.random())
+        bearing = rng.uniform(0, 2 * math.pi)
+        lat = center.lat + math.degrees(distance * math.cos(bearing) / EARTH_RADIUS_KM)
+        lon = center.lon + math.degrees(
+            distance * math.sin(bearing) / EARTH_RADIUS_KM / math.cos(math.radians(center.lat))
+        )
+        lat, lon = round(lat, 5), round(lon, 5)
+        base, _ = Base.objects.get_or_create(
+            name=f"Base {lat:.5f},{lon:.5f}", defaults={"lat": lat, "lon": lon}
+        )
+        bases.append(base)
+    numbers = [
+        int(serial[3:])
+        for serial in Drone.objects.filter(serial__startswith="FD-").values_list(
+            "serial", flat=True
+        )
+        if serial[3:].isdigit()
+    ]
+    first = max(numbers, default=0) + 1
+    per_base = {base.pk: 0 for base in bases}
+    drones = []
+    for i in range(count):
+        base = bases[i % len(bases)]
+        per_base[base.pk] += 1
+        drones.append(
+            Drone(
+                serial=f"FD-{first + i:04d}",
+                model=rng.choices(models, weights=SEED_MODEL_SHARES)[0],
+                base=base,
+                state=Drone.State.IDLE,
+                battery_pct=100.0 if rng.random() < 0.5 else round(rng.uniform(85, 100), 1),
+                lat=base.lat,
+                lon=base.lon,
+                alt_m=0.0,
+            )
+        )
+    Drone.objects.bulk_create(drones, batch_size=1000)
+    return [SeededBase(b.name, b.lat, b.lon, per_base[b.pk]) for b in bases if per_base[b.pk]]
