@@ -228,6 +228,9 @@ def test_every_process_runs_the_same_image(objs: list[dict[str, Any]]) -> None:
     assert commands["worker"].startswith("celery -A portal worker")
     assert commands["beat"].startswith("celery -A portal beat")
     assert commands["migrations"] == "python manage.py migrate --noinput"
+    # The modules those commands and probes name are in the repository (read, not imported).
+    for module in ("portal/wsgi.py", "portal/celery.py", "workers/liveness.py", "manage.py"):
+        assert (REPO / module).is_file(), module
 
 
 # --- scaling and disruption -------------------------------------------------------------------
