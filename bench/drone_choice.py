@@ -100,9 +100,8 @@ def main() -> None:
 
     call_command("migrate", "drones", verbosity=0)
     began = time.perf_counter()
-    bases = fleet_seed(count=args.drones, center=CENTER, radius_km=RADIUS_KM, seed=args.seed)
+    fleet = fleet_seed(count=args.drones, center=CENTER, radius_km=RADIUS_KM, seed=args.seed)
     seeded_in = time.perf_counter() - began
-    base_names = [b.name for b in bases]
     try:
         with connection.cursor() as cursor:
             # What autovacuum does after a bulk load; SQLite has no such thing and gets none.
@@ -110,17 +109,18 @@ def main() -> None:
                 cursor.execute("VACUUM ANALYZE drones_drone")
         print(
             f"{connection.vendor} {connection.settings_dict['NAME']}: seeded {args.drones} drones "
-            f"on {len(bases)} bases in {seeded_in:.1f} s "
+            f"on {len(fleet.bases)} bases in {seeded_in:.1f} s "
             f"({Drone.objects.count()} drones in the database)"
         )
         measure(rng, samples=args.samples)
     finally:
-        # Plain SQL: the bench made no deliveries, and on a database migrated for drones alone
-        # the ORM's cascade collector would look for the deliveries table.
-        bases_made = Base.objects.filter(name__in=base_names)
-        base_ids = list(bases_made.values_list("pk", flat=True))
-        Drone.objects.filter(base_id__in=base_ids)._raw_delete(connection.alias)
-        Base.objects.filter(pk__in=base_ids)._raw_delete(connection.alias)
+        # Only what this run made. Plain deletes: the bench made no deliveries, and on a
+        # database migrated for drones alone the ORM's cascade would look for their table.
+        for first in range(0, len(fleet.drone_ids), 500):
+            chunk = fleet.drone_ids[first : first + 500]
+            Drone.objects.filter(pk__in=chunk)._raw_delete(connection.alias)
+        made = [b.id for b in fleet.bases if b.created]
+        Base.objects.filter(pk__in=made)._raw_delete(connection.alias)
 
 
 def measure(rng: random.Random, *, samples: int) -> None:

@@ -87,8 +87,8 @@ class Drone(TimeStamped):
     class Meta:
         ordering = ["serial"]
         indexes = [
-            # The drone choice: free drones in a latitude band, the longitude, model, base and
-            # battery checked from the index itself, which covers the query (no table reads).
+            # The drone choice, step 2: free drones in a latitude band, the longitude, model,
+            # base and battery checked from the index itself.
             # Partial on the NULL test (a literal, so SQLite's planner can prove it from the
             # query); busy drones then do not weigh on the search.
             models.Index(
@@ -96,7 +96,14 @@ class Drone(TimeStamped):
                 condition=Q(assigned_delivery_id__isnull=True),
                 name="drone_free_search_idx",
             ),
-            # "Could any drone ever do it": one probe per (model, base) pair.
+            # The drone choice, step 1: a free drone of a model waiting at its base (position
+            # equal to the base's) with enough battery, the fullest first, in one probe.
+            models.Index(
+                fields=["state", "base", "model", "lat", "lon", "battery_pct"],
+                condition=Q(assigned_delivery_id__isnull=True),
+                name="drone_free_at_home_idx",
+            ),
+            # Which (model, base) pairs have drones: one probe per pair.
             models.Index(fields=["model", "base"], name="drone_model_base_idx"),
         ]
         constraints = [

@@ -1,20 +1,30 @@
 """Reads of the fleet: could any drone ever do a delivery, and which free drone should do it.
 
-The drone choice never loads the fleet. It asks the database for the free drones in a box
-around the pickup, ordered by an arithmetic (index-friendly, trigonometry-free) estimate of the
-time each needs to reach the pickup, with a LIMIT; checks the few rows it gets exactly in Python;
-and widens the box or the limit only when the best drone found is not yet provably the best:
+The drone choice never loads the fleet into Python, and it is built for how fleets look: a few
+bases with many drones each, idle drones waiting where they live. It runs in two steps.
 
-- a drone outside the box is more than `half_width_km` away (the box is computed so that this
-  holds on the sphere), so it cannot arrive sooner than `half_width_km / fastest speed`;
-- a drone inside the box but past the LIMIT has an estimate no better than the last row's,
-  and the estimate agrees with the haversine time to far better than `_TOLERANCE`.
+1. Drones at their home base. For each (base, model) pair the time to the pickup and the battery
+   the whole trip needs are the same for every drone of the pair, so one index probe per pair
+   finds a free drone with that battery (the fullest). Pairs are probed in order of arrival
+   time, a few per query, and the first query that finds any drone has the best of them.
+2. Free drones anywhere else (landed elsewhere, not back yet). They are searched in a box
+   around the pickup, skipping the drones at their base (already counted) from the index alone,
+   ordered by an arithmetic (trigonometry-free, so portable) estimate of the time to the pickup,
+   with a LIMIT; the rows are checked exactly in Python. The box is just wide enough to hold
+   every drone that could beat step 1's time, and grows, or the limit does, only when the best
+   drone found is not yet provably the best:
+
+   - a drone outside the box is more than `half_width_km` away (the box is computed so that
+     this holds on the sphere), so it cannot arrive sooner than `half_width_km / fastest speed`;
+   - a drone inside the box but past the LIMIT has an estimate no better than the last row's,
+     and the estimate agrees with the haversine time to far better than `_TOLERANCE`.
+
+The (model, base) pairs that have drones come from one query per call; nothing is cached.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,16 +32,16 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q
 
 from drones.geo import EARTH_RADIUS_KM, Point, distance_km
 from drones.models import Base, Drone, DroneModel
 
 KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180
-# The first box: 2 km around the pickup, about the spacing of bases in a dense city fleet.
+# (model, base) pairs probed per query in step 1.
+_PAIRS_PER_QUERY = 8
 _FIRST_HALF_WIDTH_KM = 2.0
 _FIRST_LIMIT = 16
-# A drone whose time to the pickup is within this fraction of the best counts as a tie.
+# Arrival times within this fraction of each other count as a tie.
 _TOLERANCE = 1e-3
 
 
@@ -50,14 +60,6 @@ class FlightPlan:
         return self.to_pickup_km + self.pickup_to_dropoff_km + self.dropoff_to_base_km
 
 
-@dataclass(frozen=True)
-class _Model:
-    id: UUID
-    max_payload_kg: float
-    cruise_speed_kmh: float
-    range_km: float
-
-
 def battery_reserve_pct() -> float:
     """The battery a drone must still have when it lands back at its base."""
     return float(getattr(settings, "DRONE_BATTERY_RESERVE_PCT", 20))
@@ -66,36 +68,27 @@ def battery_reserve_pct() -> float:
 def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: float) -> str | None:
     """Why no drone of the fleet could ever make this delivery, even idle and fully charged at
     its home base; None when some drone could (whether one is free now or not)."""
-    has_drones = Exists(Drone.objects.filter(model=OuterRef("pk")))
-    models = [_model(row) for row in DroneModel.objects.filter(has_drones).values_list(*_FIELDS)]
-    if not models:
+    pairs = _fleet_pairs()
+    if not pairs:
         return "There are no drones in the fleet."
-    heaviest = max(m.max_payload_kg for m in models)
+    heaviest = max(p.model.max_payload_kg for p in pairs)
     if weight_kg > heaviest:
         return (
             f"The package weighs {weight_kg:g} kg; the most any drone of the fleet carries "
             f"is {heaviest:g} kg."
         )
-    capable = [m for m in models if m.max_payload_kg >= weight_kg]
-    bases = Base.objects.filter(Exists(Drone.objects.filter(base=OuterRef("pk"))))
     leg_km = distance_km(pickup, dropoff)
-    trips = {
-        base_id: distance_km(Point(lat, lon), pickup)
-        + leg_km
-        + distance_km(dropoff, Point(lat, lon))
-        for base_id, lat, lon in bases.values_list("id", "lat", "lon")
-    }
-    usable = {m.id: _usable_km(m, battery_pct=100.0) for m in capable}
-    pairs = Q()
-    for model in capable:
-        for base_id, trip_km in trips.items():
-            if trip_km <= usable[model.id]:
-                pairs |= Q(model_id=model.id, base_id=base_id)
-    if pairs and Drone.objects.filter(pairs).exists():
-        return None
+    trips = []
+    for pair in pairs:
+        if pair.model.max_payload_kg >= weight_kg:
+            trip_km = distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
+            usable_km = _usable_km(pair.model, battery_pct=100.0)
+            if trip_km <= usable_km:
+                return None
+            trips.append((trip_km, usable_km))
     return (
-        f"The shortest trip base → pickup → dropoff → base is {min(trips.values()):.1f} km; "
-        f"a drone able to carry {weight_kg:g} kg flies at most {max(usable.values()):.1f} km "
+        f"The shortest trip base → pickup → dropoff → base is {min(trips)[0]:.1f} km; "
+        f"a drone able to carry {weight_kg:g} kg flies at most {max(u for _, u in trips):.1f} km "
         f"keeping the {battery_reserve_pct():g} % battery reserve."
     )
 
@@ -113,46 +106,41 @@ def drone_plan_best(
     position → pickup → dropoff → home base plus the reserve, and reaches the pickup soonest.
     Nothing is reserved."""
     leg_km = distance_km(pickup, dropoff)
-    models = {
-        m.id: m
-        for m in map(_model, DroneModel.objects.values_list(*_FIELDS))
-        if m.max_payload_kg >= weight_kg and _usable_km(m, battery_pct=100.0) >= leg_km
-    }
-    if not models:
+    trip = _Trip(pickup=pickup, leg_km=leg_km, to_base={}, homes={}, models={}, exclude=exclude)
+    pairs = []
+    for pair in _fleet_pairs():
+        to_base_km = distance_km(dropoff, pair.base)
+        # What a full battery leaves for the flight to the pickup.
+        spare_km = _usable_km(pair.model, battery_pct=100.0) - leg_km - to_base_km
+        if pair.model.max_payload_kg >= weight_kg and spare_km >= 0:
+            trip.models[pair.model.id] = pair.model
+            trip.to_base[pair.base_id] = to_base_km
+            trip.homes[pair.base_id] = pair.base
+            pairs.append((pair, spare_km))
+    if not pairs:
         return None
-    # What the longest-flying model has left for the flights to the pickup and home.
-    spare_km = max(_usable_km(m, battery_pct=100.0) for m in models.values()) - leg_km
-    to_base = {}
-    for base_id, lat, lon in Base.objects.values_list("id", "lat", "lon"):
-        home_km = distance_km(dropoff, Point(lat, lon))
-        if home_km <= spare_km:
-            to_base[base_id] = home_km
-    if not to_base:
-        return None
+    best = _best_at_home(trip, [pair for pair, _ in pairs])
+    # Step 2: drones away from their base that could beat it.
+    fastest_kmh = max(m.cruise_speed_kmh for m in trip.models.values())
     # No drone further than this from the pickup could make the trip, whatever its battery.
-    reach_km = spare_km - min(to_base.values())
-    fastest_kmh = max(m.cruise_speed_kmh for m in models.values())
-    half_width_km = min(_FIRST_HALF_WIDTH_KM, reach_km)
+    reach_km = max(spare_km for _, spare_km in pairs)
+    if best is None:
+        # Nothing at the bases: stragglers are rare, look at all of them at once.
+        half_width_km = reach_km
+    else:
+        half_width_km = min(best.hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
     limit = _FIRST_LIMIT
     while True:
-        rows = _free_drones_near(
-            pickup=pickup,
-            leg_km=leg_km,
-            models=models.values(),
-            to_base=to_base,
-            half_width_km=half_width_km,
-            limit=limit,
-            exclude=exclude,
-        )
-        best = _best_feasible(rows, models=models, to_base=to_base, pickup=pickup, leg_km=leg_km)
+        rows, last_hours = _away_from_home(trip, half_width_km=half_width_km, limit=limit)
+        best = _sooner(best, _best_feasible(trip, rows))
         # The soonest a drone not seen yet could reach the pickup, in hours.
         unseen_hours = math.inf if half_width_km >= reach_km else half_width_km / fastest_kmh
         truncated = len(rows) == limit
         if truncated:
-            unseen_hours = min(unseen_hours, math.sqrt(rows[-1][-1]) * (1 + _TOLERANCE))
+            unseen_hours = min(unseen_hours, last_hours * (1 + _TOLERANCE))
         if best is not None and best.hours <= unseen_hours:
             break
-        if truncated and (best is None or best.hours > rows[-1][-1] ** 0.5 * (1 + _TOLERANCE)):
+        if truncated and (best is None or best.hours > last_hours * (1 + _TOLERANCE)):
             limit *= 4  # the rows past the limit may hold a better one
         elif half_width_km >= reach_km:
             break
@@ -160,11 +148,10 @@ def drone_plan_best(
             # Just wide enough to prove it, or to find the one that beats it.
             half_width_km = min(best.hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
         else:
-            half_width_km = min(half_width_km * 2, reach_km)
+            half_width_km = min(max(half_width_km, _FIRST_HALF_WIDTH_KM) * 2, reach_km)
     if best is None:
         return None
-    serial = Drone.objects.filter(pk=best.drone_id).values_list("serial", flat=True).first()
-    return _plan(best, serial=serial or "", start=start, not_before=not_before)
+    return _plan(best, start=start, not_before=not_before)
 
 
 def drone_plan_for(
@@ -188,6 +175,7 @@ def drone_plan_for(
     to_pickup_km = distance_km(Point(lat, lon), pickup)
     candidate = _Candidate(
         drone_id=drone_id,
+        serial=serial,
         hours=to_pickup_km / speed_kmh,
         battery_pct=0.0,
         speed_kmh=speed_kmh,
@@ -195,23 +183,42 @@ def drone_plan_for(
         leg_km=distance_km(pickup, dropoff),
         to_base_km=distance_km(dropoff, Point(base_lat, base_lon)),
     )
-    return _plan(candidate, serial=serial, start=start, not_before=not_before)
+    return _plan(candidate, start=start, not_before=not_before)
 
 
-_FIELDS = ("id", "max_payload_kg", "cruise_speed_kmh", "range_km")
+@dataclass(frozen=True)
+class _Model:
+    id: UUID
+    max_payload_kg: float
+    cruise_speed_kmh: float
+    range_km: float
 
 
-def _model(row: tuple[UUID, float, float, float]) -> _Model:
-    return _Model(*row)
+@dataclass(frozen=True)
+class _Pair:
+    """A drone model that has drones living at a base."""
+
+    model: _Model
+    base_id: UUID
+    base: Point
 
 
-def _usable_km(model: _Model, *, battery_pct: float) -> float:
-    return model.range_km * (battery_pct - battery_reserve_pct()) / 100
+@dataclass
+class _Trip:
+    pickup: Point
+    leg_km: float
+    # The bases and models of the pairs that could make the trip; a base's distance from the
+    # dropoff (the flight home).
+    to_base: dict[UUID, float]
+    homes: dict[UUID, Point]
+    models: dict[UUID, _Model]
+    exclude: frozenset[UUID]
 
 
 @dataclass(frozen=True)
 class _Candidate:
     drone_id: UUID
+    serial: str
     hours: float
     battery_pct: float
     speed_kmh: float
@@ -220,27 +227,77 @@ class _Candidate:
     to_base_km: float
 
 
-_Row = tuple[UUID, float, float, UUID, float, UUID, float]
+# (id, serial, lat, lon, model_id, battery_pct, base_id)
+_Row = tuple[UUID, str, float, float, UUID, float, UUID]
+_COLUMNS = "id, serial, lat, lon, model_id, battery_pct, base_id"
 
 
-def _free_drones_near(
-    *,
-    pickup: Point,
-    leg_km: float,
-    models: Iterable[_Model],
-    to_base: dict[UUID, float],
-    half_width_km: float,
-    limit: int,
-    exclude: frozenset[UUID],
-) -> list[_Row]:
-    """Free drones of the given models and bases within the box that seem to have the battery
-    for the trip, by estimated time to the pickup: rows of
-    (id, lat, lon, model_id, battery_pct, base_id, estimated hours squared).
+def _usable_km(model: _Model, *, battery_pct: float) -> float:
+    return model.range_km * (battery_pct - battery_reserve_pct()) / 100
 
-    Plain SQL: built through the ORM's expressions the same query costs three times as much
-    to compile as to run.
-    """
-    lat0, lon0 = pickup.lat, pickup.lon
+
+def _table(model: type[Drone | DroneModel | Base]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _fleet_pairs() -> list[_Pair]:
+    """The (model, base) pairs that have drones, busy or not: one index probe per pair."""
+    # A LIMIT 1 subquery rather than EXISTS: PostgreSQL would turn EXISTS into a semi-join
+    # that reads every drone.
+    sql = f"""
+        SELECT m.id, m.max_payload_kg, m.cruise_speed_kmh, m.range_km, b.id, b.lat, b.lon
+        FROM {_table(DroneModel)} m CROSS JOIN {_table(Base)} b
+        WHERE (
+            SELECT 1 FROM {_table(Drone)} d WHERE d.model_id = m.id AND d.base_id = b.id LIMIT 1
+        ) IS NOT NULL
+    """  # noqa: S608 - table names only
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        rows = cursor.fetchall()
+    models: dict[object, _Model] = {}
+    for model_id, payload, speed, range_km, *_ in rows:
+        models.setdefault(model_id, _Model(_uuid(model_id), payload, speed, range_km))
+    return [_Pair(models[m], _uuid(b), Point(lat, lon)) for m, *_, b, lat, lon in rows]
+
+
+def _best_at_home(trip: _Trip, pairs: list[_Pair]) -> _Candidate | None:
+    """Step 1: the best free drone waiting at its own base."""
+    arms = []
+    for pair in pairs:
+        to_pickup_km = distance_km(pair.base, trip.pickup)
+        needed_km = to_pickup_km + trip.leg_km + trip.to_base[pair.base_id]
+        if needed_km <= _usable_km(pair.model, battery_pct=100.0):
+            min_battery = battery_reserve_pct() + 100 * needed_km / pair.model.range_km
+            arms.append((to_pickup_km / pair.model.cruise_speed_kmh, pair, min_battery))
+    arms.sort(key=lambda arm: arm[0])
+    # One probe per pair, soonest pairs first: the first query that finds drones has the best,
+    # as every pair left for later is no sooner.
+    one = f"""
+        SELECT * FROM (
+            SELECT {_COLUMNS} FROM {_table(Drone)}
+            WHERE state = %s AND assigned_delivery_id IS NULL AND base_id = %s AND model_id = %s
+                AND lat = %s AND lon = %s AND battery_pct >= %s {_not_in("id", trip.exclude)}
+            ORDER BY battery_pct DESC
+            LIMIT 1
+        ) AS arm{{}}
+    """  # noqa: S608 - placeholders and table names only
+    for first in range(0, len(arms), _PAIRS_PER_QUERY):
+        chunk = arms[first : first + _PAIRS_PER_QUERY]
+        sql = " UNION ALL ".join(one.format(i) for i in range(len(chunk)))
+        params: list[Any] = []
+        for _, pair, min_battery in chunk:
+            params += [Drone.State.IDLE.value, _db_uuid(pair.base_id), _db_uuid(pair.model.id)]
+            params += [pair.base.lat, pair.base.lon, min_battery, *_db_uuids(trip.exclude)]
+        best = _best_feasible(trip, _fetch(sql, params))
+        if best is not None:
+            return best
+    return None
+
+
+def _away_from_home(trip: _Trip, *, half_width_km: float, limit: int) -> tuple[list[_Row], float]:
+    """Step 2: free drones not at their base, within the box, that seem to have the battery for
+    the trip, by estimated time to the pickup; and the estimate of the last row, in hours."""
+    lat0, lon0 = trip.pickup.lat, trip.pickup.lon
     dlat_deg = math.degrees(half_width_km / EARTH_RADIUS_KM)
     where = ["state = %s", "assigned_delivery_id IS NULL", "lat >= %s", "lat <= %s"]
     params: list[Any] = [Drone.State.IDLE.value, lat0 - dlat_deg, lat0 + dlat_deg]
@@ -252,115 +309,135 @@ def _free_drones_near(
         dlon_deg = math.degrees(math.asin(sin_l))
         where += ["lon >= %s", "lon <= %s"]
         params += [lon0 - dlon_deg, lon0 + dlon_deg]
-    models = list(models)
+    models, bases = list(trip.models.values()), list(trip.to_base)
     where.append(f"model_id IN ({', '.join(['%s'] * len(models))})")
     params += [_db_uuid(m.id) for m in models]
-    where.append(f"base_id IN ({', '.join(['%s'] * len(to_base))})")
-    params += [_db_uuid(b) for b in to_base]
-    if exclude:
-        where.append(f"id NOT IN ({', '.join(['%s'] * len(exclude))})")
-        params += [_db_uuid(d) for d in exclude]
+    where.append(f"base_id IN ({', '.join(['%s'] * len(bases))})")
+    params += _db_uuids(bases)
+    # Step 1 counted the drones at their base; this is checked from the index alone.
+    where.append(f"NOT ({' OR '.join(['(base_id = %s AND lat = %s AND lon = %s)'] * len(bases))})")
+    for base_id in bases:
+        params += [_db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
+    where.append(_not_in("id", trip.exclude).removeprefix("AND ") or "1 = 1")
+    params += _db_uuids(trip.exclude)
     # Equirectangular distance with the cosine taken at the mid latitude, to first order
     # (cos(lat0 + d/2) ≈ cos(lat0) - sin(lat0)·d/2): plain arithmetic, so SQLite needs no
     # functions, and within 1e-5 of the haversine distance at a few hundred km.
     cos0, sin0 = math.cos(math.radians(lat0)), math.sin(math.radians(lat0))
-    dx = "((lon - %s) * (%s - %s * (lat - %s)))"
+    dx = f"((lon - {_F}) * ({_F} - {_F} * (lat - {_F})))"
     dx_params = [lon0, cos0, sin0 * math.pi / 360, lat0]
-    km2 = f"(((lat - %s) * (lat - %s) + {dx} * {dx}) * %s)"
+    km2 = f"(((lat - {_F}) * (lat - {_F}) + {dx} * {dx}) * {_F})"
     km2_params = [lat0, lat0, *dx_params, *dx_params, KM_PER_DEGREE**2]
-    per_model = " ".join(["WHEN %s THEN %s"] * len(models))
-    per_base = " ".join(["WHEN %s THEN %s"] * len(to_base))
+    per_model = " ".join([f"WHEN %s THEN {_F}"] * len(models))
+    per_base = " ".join([f"WHEN %s THEN {_F}"] * len(bases))
     km_per_pct = [x for m in models for x in (_db_uuid(m.id), m.range_km / 100)]
     hours2_per_km2 = [x for m in models for x in (_db_uuid(m.id), 1 / m.cruise_speed_kmh**2)]
-    home_km = [x for base_id, km in to_base.items() for x in (_db_uuid(base_id), km)]
-    # budget: what the battery leaves for the flight to the pickup, once the leg to the
+    home_km = [x for b in bases for x in (_db_uuid(b), trip.to_base[b])]
+    # budget: what the battery leaves for the flight to the pickup once the leg to the
     # dropoff and the flight home are paid; the estimate must fit in it.
     sql = f"""
-        SELECT id, lat, lon, model_id, battery_pct, base_id, km2 * hours2_per_km2 AS hours2
+        SELECT {_COLUMNS}, km2 * hours2_per_km2 AS hours2
         FROM (
-            SELECT id, lat, lon, model_id, battery_pct, base_id, {km2} AS km2,
-                CASE model_id {per_model} END * (battery_pct - %s) - %s
+            SELECT {_COLUMNS}, {km2} AS km2,
+                CASE model_id {per_model} END * (battery_pct - {_F}) - {_F}
                     - CASE base_id {per_base} END AS budget_km,
                 CASE model_id {per_model} END AS hours2_per_km2
-            FROM {connection.ops.quote_name(Drone._meta.db_table)}
+            FROM {_table(Drone)}
             WHERE {" AND ".join(where)}
-        ) AS near
-        WHERE budget_km >= 0 AND km2 <= budget_km * budget_km * %s
+        ) AS away
+        WHERE budget_km >= 0 AND km2 <= budget_km * budget_km * {_F}
         ORDER BY hours2
         LIMIT %s
-    """  # noqa: S608 - only placeholders and constants are interpolated
+    """  # noqa: S608 - placeholders and table names only
     all_params = [
         *km2_params,
         *km_per_pct,
         battery_reserve_pct(),
-        leg_km,
+        trip.leg_km,
         *home_km,
         *hours2_per_km2,
         *params,
         (1 + _TOLERANCE) ** 2,
         limit,
     ]
+    rows = _fetch(sql, all_params, extra=1)
+    last_hours = math.sqrt(rows[-1][-1]) if rows else math.inf
+    return [row[:-1] for row in rows], last_hours
+
+
+# A float parameter. Cast, because PostgreSQL otherwise takes a literal for `numeric`
+# and computes every row in decimal arithmetic; the cast of a constant costs nothing.
+_F = "CAST(%s AS DOUBLE PRECISION)"
+
+
+def _not_in(column: str, values: frozenset[UUID]) -> str:
+    return f"AND {column} NOT IN ({', '.join(['%s'] * len(values))})" if values else ""
+
+
+def _fetch(sql: str, params: list[Any], *, extra: int = 0) -> list[Any]:
     with connection.cursor() as cursor:
-        cursor.execute(sql, all_params)
+        cursor.execute(sql, params)
         return [
-            (_uuid(i), lat, lon, _uuid(m), battery, _uuid(b), hours2)
-            for i, lat, lon, m, battery, b, hours2 in cursor.fetchall()
+            (_uuid(i), serial, lat, lon, _uuid(m), battery, _uuid(b), *rest)
+            for i, serial, lat, lon, m, battery, b, *rest in cursor.fetchall()
         ]
+
+
+def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:
+    best: _Candidate | None = None
+    for drone_id, serial, lat, lon, model_id, battery_pct, base_id in rows:
+        model = trip.models[model_id]
+        to_pickup_km = distance_km(Point(lat, lon), trip.pickup)
+        needed_km = to_pickup_km + trip.leg_km + trip.to_base[base_id]
+        if needed_km > _usable_km(model, battery_pct=battery_pct):
+            continue
+        best = _sooner(
+            best,
+            _Candidate(
+                drone_id=drone_id,
+                serial=serial,
+                hours=to_pickup_km / model.cruise_speed_kmh,
+                battery_pct=battery_pct,
+                speed_kmh=model.cruise_speed_kmh,
+                to_pickup_km=to_pickup_km,
+                leg_km=trip.leg_km,
+                to_base_km=trip.to_base[base_id],
+            ),
+        )
+    return best
+
+
+def _sooner(a: _Candidate | None, b: _Candidate | None) -> _Candidate | None:
+    """Sooner wins; between equals, the fuller battery, then a stable order."""
+    if a is None or b is None:
+        return a or b
+    key_a = (a.hours, -a.battery_pct, str(a.drone_id))
+    key_b = (b.hours, -b.battery_pct, str(b.drone_id))
+    return a if key_a <= key_b else b
 
 
 _UUID_FIELD = Drone._meta.get_field("id")
 
 
-def _db_uuid(value: UUID) -> object:
+def _db_uuid(value: UUID) -> Any:
     return _UUID_FIELD.get_db_prep_value(value, connection)
+
+
+def _db_uuids(values: frozenset[UUID] | list[UUID]) -> list[Any]:
+    return [_db_uuid(v) for v in sorted(values)]
 
 
 def _uuid(value: object) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
-def _best_feasible(
-    rows: list[_Row],
-    *,
-    models: dict[UUID, _Model],
-    to_base: dict[UUID, float],
-    pickup: Point,
-    leg_km: float,
-) -> _Candidate | None:
-    best: _Candidate | None = None
-    for drone_id, lat, lon, model_id, battery_pct, base_id, _ in rows:
-        model = models[model_id]
-        to_pickup_km = distance_km(Point(lat, lon), pickup)
-        if to_pickup_km + leg_km + to_base[base_id] > _usable_km(model, battery_pct=battery_pct):
-            continue
-        candidate = _Candidate(
-            drone_id=drone_id,
-            hours=to_pickup_km / model.cruise_speed_kmh,
-            battery_pct=battery_pct,
-            speed_kmh=model.cruise_speed_kmh,
-            to_pickup_km=to_pickup_km,
-            leg_km=leg_km,
-            to_base_km=to_base[base_id],
-        )
-        # Sooner wins; between equals, the fuller battery, then a stable order.
-        if best is None or (candidate.hours, -candidate.battery_pct, str(candidate.drone_id)) < (
-            best.hours,
-            -best.battery_pct,
-            str(best.drone_id),
-        ):
-            best = candidate
-    return best
-
-
-def _plan(
-    candidate: _Candidate, *, serial: str, start: datetime, not_before: datetime | None
-) -> FlightPlan:
+def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None) -> FlightPlan:
     pickup_eta = start + timedelta(hours=candidate.hours)
     if not_before is not None and pickup_eta < not_before:
         pickup_eta = not_before
     return FlightPlan(
         drone_id=candidate.drone_id,
-        drone_serial=serial,
+        drone_serial=candidate.serial,
         to_pickup_km=candidate.to_pickup_km,
         pickup_to_dropoff_km=candidate.leg_km,
         dropoff_to_base_km=candidate.to_base_km,

@@ -169,18 +169,25 @@ MAX_SEED_BASES = 12
 
 @dataclass(frozen=True)
 class SeededBase:
+    id: UUID
     name: str
     lat: float
     lon: float
     drones: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class SeededFleet:
+    bases: list[SeededBase]
+    drone_ids: list[UUID]
 
 
 def fleet_seed(
     *, count: int, center: Point, radius_km: float = 10.0, seed: int | None = None
-) -> list[SeededBase]:
+) -> SeededFleet:
     """Add `count` idle, (nearly) fully charged drones on a few bases within `radius_km` of
-    `center`; the drone models are created if missing. Returns the bases with their new drones.
-    """
+    `center`; the drone models and bases are created if missing."""
     if count < 0:
         raise Unprocessable("The number of drones cannot be negative.", field="count")
     if radius_km < 0:
@@ -194,7 +201,7 @@ def fleet_seed(
         for name, payload, speed, range_km in SEED_MODELS
     ]
     n_bases = min(max(1, round(count / DRONES_PER_BASE)), MAX_SEED_BASES)
-    bases = []
+    bases, created = [], set()
     for _ in range(n_bases):
         # Uniform over the disc: the distance goes as the square root.
         distance = radius_km * math.sqrt(rng.random())
@@ -204,10 +211,12 @@ def fleet_seed(
             distance * math.sin(bearing) / EARTH_RADIUS_KM / math.cos(math.radians(center.lat))
         )
         lat, lon = round(lat, 5), round(lon, 5)
-        base, _ = Base.objects.get_or_create(
+        base, is_new = Base.objects.get_or_create(
             name=f"Base {lat:.5f},{lon:.5f}", defaults={"lat": lat, "lon": lon}
         )
         bases.append(base)
+        if is_new:
+            created.add(base.pk)
     numbers = [
         int(serial[3:])
         for serial in Drone.objects.filter(serial__startswith="FD-").values_list(
@@ -234,4 +243,11 @@ def fleet_seed(
             )
         )
     Drone.objects.bulk_create(drones, batch_size=1000)
-    return [SeededBase(b.name, b.lat, b.lon, per_base[b.pk]) for b in bases if per_base[b.pk]]
+    return SeededFleet(
+        bases=[
+            SeededBase(b.pk, b.name, b.lat, b.lon, per_base[b.pk], b.pk in created)
+            for b in dict.fromkeys(bases)
+            if per_base[b.pk]
+        ],
+        drone_ids=[d.pk for d in drones],
+    )

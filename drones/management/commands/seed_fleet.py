@@ -23,13 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="random seed")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        bases = fleet_seed(
+        fleet = fleet_seed(
             count=options["count"],
             center=Point(options["lat"], options["lon"]),
             radius_km=options["radius_km"],
             seed=options["seed"],
         )
-        total = sum(base.drones for base in bases)
-        self.stdout.write(f"{total} drones on {len(bases)} bases:")
-        for base in bases:
+        self.stdout.write(f"{len(fleet.drone_ids)} drones on {len(fleet.bases)} bases:")
+        for base in fleet.bases:
             self.stdout.write(f"  {base.name}: {base.drones} drones at ({base.lat}, {base.lon})")
