@@ -6,6 +6,9 @@ PORT ?= 8000
 
 .PHONY: install run test lint typecheck pytest bench clean
 
+# The deployment check's tools (helm, kustomize, kubernetes-validate, checkov) in a venv of their own.
+-include deploy/check.mk
+
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -21,7 +24,7 @@ run: install
 	$(PY) -m portal.localservices run -- $(PY) -m portal.devrun
 
 ## Lint, type-check and run the whole test suite.
-test: install
+test: install deploy-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEBUG=true $(VENV)/bin/mypy .
@@ -34,7 +37,7 @@ lint: install
 typecheck: install
 	DEBUG=true $(VENV)/bin/mypy .
 
-pytest: install
+pytest: install deploy-tools
 	$(PY) -m pytest $(ARGS)
 
 clean:

@@ -130,14 +130,15 @@ def ping(name: str, url: str) -> bool:
         mongo.close()
 
 
-def redis_server(data_dir: Path, port: int | None = None) -> LocalServer:
+def redis_server(data_dir: Path, port: int | None = None, *, durable: bool = False) -> LocalServer:
+    """A Redis on loopback; `durable` keeps an append-only file, as a broker's Redis must."""
     port = port or free_port()
     command = [
         redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if durable else "no",
         "--dir", str(data_dir),
         "--daemonize", "no",
     ]  # fmt: skip

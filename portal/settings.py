@@ -256,11 +256,30 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
-if CELERY_BROKER_URL.startswith("redis"):
-    # A message not acknowledged within this time is handed to another worker;
-    # it must exceed the longest task.
-    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = envint("CELERY_VISIBILITY_TIMEOUT", 300)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+    # A publish that finds the broker down gives up within a second instead of kombu's default
+    # ~6 s of retries: the message waits in the outbox for the relay, the client gets its 202
+    # promptly. (Workers reconnect their consumers by their own, patient, policy.)
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+if CELERY_BROKER_URL.startswith(("redis", "rediss")):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            # A message not acknowledged within this time (its worker died) goes to another
+            # worker; it must exceed the longest task and the longest retry countdown (60 s).
+            "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 300),
+            # How often workers look for such messages (kombu's default is every ~100 s).
+            "unacked_restore_interval": envint("CELERY_UNACKED_RESTORE_INTERVAL", 10),
+            "unacked_restore_throttle": 1,
+            # Without these a publish waits forever on a broker that vanished without closing
+            # the connection, and an accepted request would hang instead of going to the outbox.
+            "socket_timeout": 5,
+            "socket_connect_timeout": 3,
+        }
+    )
 WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"
 
 API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"

@@ -135,13 +135,18 @@ class MailSink:
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        self.started = 0
         self.delay = 0.0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         import asyncio
 
+        self.started += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        # A message is delivered when the server says 250 to a client still there to hear it.
+        if server.transport is None or server.transport.is_closing():
+            return "421 client went away"
         self.messages.append(envelope.content)
         return "250 OK"
 
