@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from drones.geo import EARTH_RADIUS_KM, Point
@@ -78,9 +78,18 @@ def drone_reserve(
         try:
             # A savepoint: a unique violation must not break the caller's transaction.
             with transaction.atomic():
-                claimed = Drone.objects.filter(
+                free = Drone.objects.filter(
                     pk=plan.drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
-                ).update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
+                )
+                # Where rows can be locked, a drone another transaction is claiming right now
+                # is passed over at once instead of waiting for that transaction to end.
+                if connection.features.has_select_for_update_skip_locked:
+                    free = free.filter(
+                        pk__in=list(
+                            free.select_for_update(skip_locked=True).values_list("pk", flat=True)
+                        )
+                    )
+                claimed = free.update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
         except IntegrityError:
             # Only assigned_delivery_id is unique among the columns written: another worker
             # booked a drone for this same delivery and committed first.

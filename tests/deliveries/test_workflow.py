@@ -110,9 +110,8 @@ def test_200_concurrent_requests_for_10_drones_never_double_book(
     live_server: Any, worker: Any, tenant: Tenant
 ) -> None:
     make_fleet(10)
-    with override_settings(API_RATE_LIMIT="100000/second"):
-        with ThreadPoolExecutor(max_workers=24) as pool:
-            responses = list(pool.map(lambda _: post(live_server, tenant, delivery_body()), range(200)))
+    with override_settings(API_RATE_LIMIT="100000/second"), ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: post(live_server, tenant, delivery_body()), range(200)))
     assert [r.status_code for r in responses] == [202] * 200
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 200
@@ -192,13 +191,13 @@ def broker_for_this_process(url: str) -> Iterator[None]:
 
     previous = app.conf.broker_write_url
     # broker_write_url, because Celery prefers the CELERY_BROKER_URL variable to broker_url.
-    app.conf.broker_write_url = url
+    app.conf.broker_write_url = url  # type: ignore[misc]
     reset()
     try:
         assert app.connection_for_write().as_uri(include_password=True) == url
         yield
     finally:
-        app.conf.broker_write_url = previous
+        app.conf.broker_write_url = previous  # type: ignore[misc]
         reset()
 
 

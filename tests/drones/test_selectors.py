@@ -147,16 +147,22 @@ def test_the_choice_matches_a_search_of_the_whole_fleet() -> None:
     drones = []
     for i in range(300):
         home = bases[i % len(bases)]
-        # Most sit at their base, some are idle where they landed.
-        at = (
-            None
-            if i % 3
-            else offset(HERE, north_km=rng.uniform(-12, 12), east_km=rng.uniform(-12, 12))
-        )
+        # Most sit at their base, some are idle where they landed, a few are charging.
+        at = Point(home.lat, home.lon)
+        if i % 3 == 0:
+            at = offset(HERE, north_km=rng.uniform(-12, 12), east_km=rng.uniform(-12, 12))
         drones.append(
-            drone(rng.choice(models), home, at=at, battery_pct=rng.choice([25, 40, 60, 80, 100]))
+            Drone(
+                serial=f"R-{i:04d}",
+                model=rng.choice(models),
+                base=home,
+                state=Drone.State.CHARGING if i % 7 == 0 else Drone.State.IDLE,
+                battery_pct=rng.choice([25, 40, 60, 80, 100]),
+                lat=at.lat,
+                lon=at.lon,
+            )
         )
-    Drone.objects.filter(pk__in=[d.pk for d in drones[::7]]).update(state=Drone.State.CHARGING)
+    Drone.objects.bulk_create(drones)
     fleet = list(Drone.objects.select_related("model", "base"))
 
     found = 0
