@@ -77,7 +77,7 @@ def test_a_delivery_is_assigned_by_a_worker_with_eta_and_email(
     assert abs((dropoff_eta - pickup_eta).total_seconds() - carry_h * 3600) < 5
 
     delivery = Delivery.objects.get(pk=delivery_id)
-    assert Drone.objects.get(pk=delivery.drone_id).assigned_delivery_id == delivery.id
+    assert Drone.objects.get(deliveries=delivery).assigned_delivery_id == delivery.id
     document = package_get(package_id=delivery.package_id)
     assert document is not None
     assert document["tag"] == "pharmacy" and document["weight_kg"] == 2.0
@@ -186,8 +186,8 @@ def broker_for_this_process(url: str) -> Iterator[None]:
 
     def reset() -> None:
         # kombu keys its producer pools by connection, so a new URL gets pools of its own.
-        app._pool = None
-        app.amqp._producer_pool = None
+        app._pool = None  # type: ignore[attr-defined]
+        app.amqp._producer_pool = None  # type: ignore[attr-defined]
 
     previous = app.conf.broker_write_url
     # broker_write_url, because Celery prefers the CELERY_BROKER_URL variable to broker_url.
