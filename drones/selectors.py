@@ -19,7 +19,7 @@ bases with many drones each, idle drones waiting where they live. It runs in two
    - a drone inside the box but past the LIMIT has an estimate no better than the last row's,
      and the estimate agrees with the haversine time to far better than `_TOLERANCE`.
 
-The (model, base) pairs that have drones come from one query per call; nothing is cached.
+The models and bases are read once per call (they are few); nothing is cached.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from drones.models import Base, Drone, DroneModel
 KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180
 # (model, base) pairs probed per query in step 1.
 _PAIRS_PER_QUERY = 8
-_FIRST_HALF_WIDTH_KM = 2.0
 _FIRST_LIMIT = 16
 # Arrival times within this fraction of each other count as a tie.
 _TOLERANCE = 1e-3
@@ -68,24 +67,25 @@ def battery_reserve_pct() -> float:
 def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: float) -> str | None:
     """Why no drone of the fleet could ever make this delivery, even idle and fully charged at
     its home base; None when some drone could (whether one is free now or not)."""
-    pairs = _fleet_pairs()
-    if not pairs:
+    heaviest = _heaviest_payload_kg()
+    if heaviest is None:
         return "There are no drones in the fleet."
-    heaviest = max(p.model.max_payload_kg for p in pairs)
     if weight_kg > heaviest:
         return (
             f"The package weighs {weight_kg:g} kg; the most any drone of the fleet carries "
             f"is {heaviest:g} kg."
         )
     leg_km = distance_km(pickup, dropoff)
-    trips = []
-    for pair in pairs:
+    trips, within_range = [], []
+    for pair in _fleet_pairs():
         if pair.model.max_payload_kg >= weight_kg:
             trip_km = distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
             usable_km = _usable_km(pair.model, battery_pct=100.0)
-            if trip_km <= usable_km:
-                return None
             trips.append((trip_km, usable_km))
+            if trip_km <= usable_km:
+                within_range.append(pair)
+    if _any_drone_of(within_range):
+        return None
     return (
         f"The shortest trip base → pickup → dropoff → base is {min(trips)[0]:.1f} km; "
         f"a drone able to carry {weight_kg:g} kg flies at most {max(u for _, u in trips):.1f} km "
@@ -142,13 +142,11 @@ def drone_plan_best(
             break
         if truncated and (best is None or best.hours > last_hours * (1 + _TOLERANCE)):
             limit *= 4  # the rows past the limit may hold a better one
-        elif half_width_km >= reach_km:
+        elif best is None or half_width_km >= reach_km:
             break
-        elif best is not None:
+        else:
             # Just wide enough to prove it, or to find the one that beats it.
             half_width_km = min(best.hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
-        else:
-            half_width_km = min(max(half_width_km, _FIRST_HALF_WIDTH_KM) * 2, reach_km)
     if best is None:
         return None
     return _plan(best, start=start, not_before=not_before)
@@ -196,7 +194,7 @@ class _Model:
 
 @dataclass(frozen=True)
 class _Pair:
-    """A drone model that has drones living at a base."""
+    """A drone model and a base: the drones of that model living there."""
 
     model: _Model
     base_id: UUID
@@ -241,23 +239,52 @@ def _table(model: type[Drone | DroneModel | Base]) -> str:
 
 
 def _fleet_pairs() -> list[_Pair]:
-    """The (model, base) pairs that have drones, busy or not: one index probe per pair."""
-    # A LIMIT 1 subquery rather than EXISTS: PostgreSQL would turn EXISTS into a semi-join
-    # that reads every drone.
+    """Every (model, base) combination, whether it has drones or not: both tables are small.
+
+    One round trip for both tables. Not a join: PostgreSQL estimates a table it has never
+    analysed (a few rows never trigger autovacuum's analyse) at hundreds of rows, and the
+    cost of a join of two such tables is high enough to have it JIT-compiled, which takes
+    longer than everything else here together.
+    """
     sql = f"""
-        SELECT m.id, m.max_payload_kg, m.cruise_speed_kmh, m.range_km, b.id, b.lat, b.lon
-        FROM {_table(DroneModel)} m CROSS JOIN {_table(Base)} b
-        WHERE (
-            SELECT 1 FROM {_table(Drone)} d WHERE d.model_id = m.id AND d.base_id = b.id LIMIT 1
-        ) IS NOT NULL
+        SELECT 'model', id, max_payload_kg, cruise_speed_kmh, range_km FROM {_table(DroneModel)}
+        UNION ALL
+        SELECT 'base', id, lat, lon, NULL FROM {_table(Base)}
     """  # noqa: S608 - table names only
     with connection.cursor() as cursor:
         cursor.execute(sql)
         rows = cursor.fetchall()
-    models: dict[object, _Model] = {}
-    for model_id, payload, speed, range_km, *_ in rows:
-        models.setdefault(model_id, _Model(_uuid(model_id), payload, speed, range_km))
-    return [_Pair(models[m], _uuid(b), Point(lat, lon)) for m, *_, b, lat, lon in rows]
+    models = [_Model(_uuid(i), a, b, c) for kind, i, a, b, c in rows if kind == "model"]
+    bases = [(_uuid(i), Point(a, b)) for kind, i, a, b, _ in rows if kind == "base"]
+    return [_Pair(m, base_id, point) for m in models for base_id, point in bases]
+
+
+def _heaviest_payload_kg() -> float | None:
+    """The most any drone of the fleet carries (None: there are no drones)."""
+    sql = f"""
+        SELECT MAX(max_payload_kg) FROM {_table(DroneModel)} m
+        WHERE EXISTS (SELECT 1 FROM {_table(Drone)} d WHERE d.model_id = m.id)
+    """  # noqa: S608 - table names only
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def _any_drone_of(pairs: list[_Pair]) -> bool:
+    """Whether any drone, busy or not, is of one of these (model, base) pairs."""
+    if not pairs:
+        return False
+    one = f"""
+        SELECT * FROM (
+            SELECT 1 AS hit FROM {_table(Drone)} WHERE model_id = %s AND base_id = %s LIMIT 1
+        ) AS pair{{}}
+    """  # noqa: S608 - placeholders and table names only
+    sql = " UNION ALL ".join(one.format(i) for i in range(len(pairs))) + " LIMIT 1"
+    params = [x for p in pairs for x in (_db_uuid(p.model.id), _db_uuid(p.base_id))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
 
 
 def _best_at_home(trip: _Trip, pairs: list[_Pair]) -> _Candidate | None:
