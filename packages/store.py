@@ -30,8 +30,8 @@ def mongo_client() -> pymongo.MongoClient[dict[str, Any]]:
             if client is None:
                 client = pymongo.MongoClient(
                     settings.MONGODB_URI,
-                    serverSelectionTimeoutMS=5000,
-                    connectTimeoutMS=5000,
+                    serverSelectionTimeoutMS=settings.MONGODB_TIMEOUT_MS,
+                    connectTimeoutMS=settings.MONGODB_TIMEOUT_MS,
                     socketTimeoutMS=10000,
                     retryWrites=True,
                     tz_aware=True,

@@ -34,7 +34,14 @@ def main() -> None:
         f"Fabrikam Drone Delivery is starting on http://127.0.0.1:{port}/",
         f"  operators (Django admin): http://127.0.0.1:{port}/admin/",
         f"  readiness:                http://127.0.0.1:{port}/healthz/ready",
+        f"  API docs:                 http://127.0.0.1:{port}/api/v1/docs/",
         *(f"  {line}" for line in demo.stdout.splitlines()),
+        "",
+        "Try it:",
+        f"  curl -s -X POST http://127.0.0.1:{port}/api/v1/deliveries \\",
+        '    -H "Authorization: Api-Key $KEY" -H "Content-Type: application/json" \\',
+        """    -d '{"pickup": {"lat": 47.6097, "lon": -122.3422}, "dropoff": {"lat": 47.6205,"""
+        """ "lon": -122.3493}, "package": {"size": "small", "weight_kg": 2}}'""",
         "Press Ctrl-C to stop every process.",
         "",
     ]

@@ -60,3 +60,25 @@ def celery_worker(
         yield process
     finally:
         stop_process_group(process)
+
+
+@contextmanager
+def broker_for_this_process(url: str) -> Iterator[None]:
+    """Point this process's Celery app (which the live server publishes with) at `url`."""
+    from portal.celery import app
+
+    def reset() -> None:
+        # kombu keys its producer pools by connection, so a new URL gets pools of its own.
+        app._pool = None  # type: ignore[attr-defined]
+        app.amqp._producer_pool = None  # type: ignore[attr-defined]
+
+    previous = app.conf.broker_write_url
+    # broker_write_url, because Celery prefers the CELERY_BROKER_URL variable to broker_url.
+    app.conf.broker_write_url = url  # type: ignore[misc]
+    reset()
+    try:
+        assert app.connection_for_write().as_uri(include_password=True) == url
+        yield
+    finally:
+        app.conf.broker_write_url = previous  # type: ignore[misc]
+        reset()

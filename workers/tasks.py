@@ -69,9 +69,26 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
                 countdown=outcome.retry_in,
             )
             return "waiting"
-    # Also on a redelivered message whose first run died after assigning: the email is sent once.
-    services.delivery_notify_eta(delivery_id=delivery_id)
+    # Also on a redelivered message whose first run died after assigning. A separate task, so
+    # that a mail outage delays the email but never fails the delivery.
+    pending_email = Delivery.objects.filter(
+        pk=delivery_id, status=Delivery.Status.ASSIGNED, eta_notified_at__isnull=True
+    )
+    if pending_email.exists():
+        delivery_notify.delay(str(delivery_id))
     return "done"
+
+
+@shared_task(
+    name="workers.delivery_notify",
+    autoretry_for=(Exception,),
+    max_retries=6,
+    retry_backoff=5,
+    retry_backoff_max=600,
+)
+def delivery_notify(delivery_id: str) -> bool:
+    """Email the customer the ETA, once (the service records that it was sent)."""
+    return services.delivery_notify_eta(delivery_id=UUID(delivery_id))
 
 
 @shared_task(name="workers.outbox_relay")

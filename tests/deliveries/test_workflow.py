@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,14 @@ from drones.models import Drone
 from packages.selectors import package_get
 from portal.localservices import redis_server
 from tests.conftest import CENTER, MailSink, Tenant, delivery_body, make_fleet, worker_env
-from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
+from tests.support import (
+    BASE_DIR,
+    PYTHON,
+    broker_for_this_process,
+    celery_worker,
+    stop_process_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -177,28 +182,6 @@ def test_a_worker_killed_mid_workflow_still_completes_the_delivery_once(
     assert DeliveryEvent.objects.filter(delivery=delivery, status="assigned").count() == 1
     assert Drone.objects.filter(assigned_delivery_id=delivery.id).count() == 1
     assert len(sink.messages) == 1
-
-
-@contextmanager
-def broker_for_this_process(url: str) -> Iterator[None]:
-    """Point this process's Celery app (which the live server publishes with) at `url`."""
-    from portal.celery import app
-
-    def reset() -> None:
-        # kombu keys its producer pools by connection, so a new URL gets pools of its own.
-        app._pool = None  # type: ignore[attr-defined]
-        app.amqp._producer_pool = None  # type: ignore[attr-defined]
-
-    previous = app.conf.broker_write_url
-    # broker_write_url, because Celery prefers the CELERY_BROKER_URL variable to broker_url.
-    app.conf.broker_write_url = url  # type: ignore[misc]
-    reset()
-    try:
-        assert app.connection_for_write().as_uri(include_password=True) == url
-        yield
-    finally:
-        app.conf.broker_write_url = previous  # type: ignore[misc]
-        reset()
 
 
 def test_requests_arriving_while_the_broker_is_down_are_processed_once_it_is_back(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 
 from portal.localservices import free_port
 from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
@@ -133,6 +135,30 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
         assert f"REDIS_URL={shell.stdout.strip().splitlines()[-1]}" in services
 
         assert http_status(f"http://127.0.0.1:{port}/admin/login/") == 200
+
+        # The whole system works: a delivery through the printed demo key gets a drone.
+        key = re.search(r"business API key \(.*\): (\S+)", log.read_text())
+        assert key, log.read_text()
+        headers = {"Authorization": f"Api-Key {key.group(1)}"}
+        created = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/deliveries",
+            json={
+                "pickup": {"lat": 47.6097, "lon": -122.3422},
+                "dropoff": {"lat": 47.6205, "lon": -122.3493},
+                "package": {"size": "small", "weight_kg": 2},
+            },
+            headers=headers,
+            timeout=10,
+        )
+        assert created.status_code == 202, created.text
+        status_url = f"http://127.0.0.1:{port}{created.headers['Location']}/status"
+        wait_for(
+            lambda: (
+                requests.get(status_url, headers=headers, timeout=5).json()["status"] == "assigned"
+            ),
+            timeout=60,
+            what="the demo delivery assigned by make run's worker",
+        )
         make.send_signal(signal.SIGTERM)
         make.wait(timeout=60)
         _, alive = psutil.wait_procs(list(tree.values()), timeout=30)

@@ -1,0 +1,150 @@
+"""The workflow's services: outbox relay, sweeper, giving up with compensation, operator retry."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from deliveries import services
+from deliveries.models import Delivery, DeliveryEvent, OutboxMessage
+from drones.models import Drone
+from portal.localservices import free_port
+from tests.conftest import Tenant, make_fleet
+from tests.support import broker_for_this_process
+from workers.tasks import MAX_RETRIES, delivery_process
+
+
+def request(**overrides: Any) -> services.DeliveryRequest:
+    from drones.geo import Point
+
+    fields: dict[str, Any] = {
+        "pickup": services.Place(Point(lat=47.6097, lon=-122.3422)),
+        "dropoff": services.Place(Point(lat=47.6205, lon=-122.3493)),
+        "package_size": "small",
+        "package_weight_kg": 2.0,
+    }
+    fields.update(overrides)
+    return services.DeliveryRequest(**fields)
+
+
+def queue_length() -> int:
+    import redis
+    from django.conf import settings
+
+    return int(redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_accepted_while_the_broker_is_down_waits_in_the_outbox_for_the_relay(
+    tenant: Tenant,
+) -> None:
+    make_fleet(1)
+    with broker_for_this_process(f"redis://127.0.0.1:{free_port()}/0"):
+        delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    message = OutboxMessage.objects.get(payload__delivery_id=str(delivery.id))
+    assert message.published_at is None
+    assert message.attempts == 1 and "111" in message.last_error  # connection refused
+
+    assert services.outbox_relay(older_than_seconds=60) == 0  # too fresh to relay yet
+    before = queue_length()
+    assert services.outbox_relay(older_than_seconds=0) == 1
+    message.refresh_from_db()
+    assert message.published_at is not None
+    assert queue_length() == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweeper_republishes_a_delivery_whose_message_was_lost(tenant: Tenant) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    # The broker lost the message (a Redis restart without persistence, say).
+    Delivery.objects.filter(pk=delivery.id).update(created_at=timezone.now() - timedelta(minutes=5))
+    before = OutboxMessage.objects.count()
+    assert services.deliveries_sweep() == 1
+    assert OutboxMessage.objects.count() == before + 1
+    # Its next attempt is now due later: a second sweep right away does nothing.
+    assert services.deliveries_sweep() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_workflow_that_keeps_failing_gives_up_with_the_reason(tenant: Tenant) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    # MongoDB unreachable: the package step fails on the last allowed try.
+    dead = f"mongodb://127.0.0.1:{free_port()}/"
+    with override_settings(MONGODB_URI=dead, MONGODB_TIMEOUT_MS=300):
+        result = delivery_process.apply(
+            kwargs={"delivery_id": str(delivery.id)}, retries=MAX_RETRIES
+        ).get()
+    assert result == "failed"
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert "gave up" in delivery.failure_reason
+    assert not Drone.objects.filter(assigned_delivery_id=delivery.id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_giving_up_on_an_assigned_delivery_releases_its_drone(tenant: Tenant) -> None:
+    (drone,) = make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    assert services.delivery_assign(delivery_id=delivery.id).result == "assigned"
+    drone.refresh_from_db()
+    assert drone.assigned_delivery_id == delivery.id
+
+    assert services.delivery_fail(delivery_id=delivery.id, reason="telemetry lost")
+    drone.refresh_from_db()
+    assert drone.assigned_delivery_id is None
+    delivery.refresh_from_db()
+    assert delivery.status == "failed" and delivery.failure_reason == "telemetry lost"
+    # Failing twice changes nothing.
+    assert not services.delivery_fail(delivery_id=delivery.id, reason="again")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_retries_a_failed_delivery_and_it_gets_a_drone(tenant: Tenant) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    services.delivery_fail(delivery_id=delivery.id, reason="no drone in time")
+    retried = services.delivery_retry(delivery_id=delivery.id)
+    assert retried.status == "requested" and retried.failure_reason == ""
+    outcome = services.delivery_assign(delivery_id=delivery.id, attempt=retried.attempts)
+    assert outcome.result == "assigned"
+    statuses = list(
+        DeliveryEvent.objects.filter(delivery=delivery).values_list("status", flat=True)
+    )
+    assert statuses == ["requested", "failed", "requested", "assigned"]
+    with pytest.raises(services.InvalidStageTransition):
+        services.delivery_retry(delivery_id=delivery.id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_waiting_past_the_deadline_fails_the_delivery(tenant: Tenant) -> None:
+    (drone,) = make_fleet(1)
+    Drone.objects.filter(pk=drone.pk).update(state=Drone.State.CHARGING)
+    deadline = timezone.now() + timedelta(hours=1)
+    delivery = services.delivery_create(
+        business_id=tenant.business.id, request=request(deadline=deadline)
+    )
+    assert services.delivery_assign(delivery_id=delivery.id).result == "wait"
+    Delivery.objects.filter(pk=delivery.id).update(deadline=timezone.now() - timedelta(seconds=1))
+    outcome = services.delivery_assign(delivery_id=delivery.id, attempt=1)
+    assert outcome.result == "done"
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert "in time" in delivery.failure_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_message_does_nothing_when_a_newer_one_carries_the_delivery(
+    tenant: Tenant,
+) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    Delivery.objects.filter(pk=delivery.id).update(attempts=3)
+    assert services.delivery_assign(delivery_id=delivery.id, attempt=1).result == "done"
+    assert Delivery.objects.get(pk=delivery.id).status == "requested"
+    assert services.delivery_assign(delivery_id=delivery.id, attempt=3).result == "assigned"
