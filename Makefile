@@ -40,5 +40,9 @@ typecheck: install
 pytest: install deploy-tools
 	$(PY) -m pytest $(ARGS)
 
+## Ingestion, end-to-end assignment and drone-choice figures against their targets (~5 min).
+bench: install
+	$(PY) bench/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .local staticfiles .pytest_cache .mypy_cache .ruff_cache

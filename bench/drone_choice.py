@@ -155,10 +155,13 @@ def measure(rng: random.Random, *, samples: int) -> None:
 
     for trip in trips[:50]:  # warm-up: connections, caches
         choose(*trip)
-    baseline = [timed(lookup) for _ in trips]
-    choice = [timed(functools.partial(choose, *trip)) for trip in trips]
-    reasons = [timed(functools.partial(reason, *trip)) for trip in trips]
-    reserve_release = [timed(functools.partial(reserve_and_release, *trip)) for trip in trips]
+    # Interleaved, so that whatever else the machine is doing weighs on every figure alike.
+    baseline, choice, reasons, reserve_release = [], [], [], []
+    for trip in trips:
+        baseline.append(timed(lookup))
+        choice.append(timed(functools.partial(choose, *trip)))
+        reasons.append(timed(functools.partial(reason, *trip)))
+        reserve_release.append(timed(functools.partial(reserve_and_release, *trip)))
     booked = sum(reserve_and_release(*trip) for trip in trips[:100])
     queries: list[str] = []
 

@@ -1,0 +1,1 @@
+"""Benchmarks: they print figures (`make bench`), they are not tests."""

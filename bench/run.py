@@ -1,0 +1,576 @@
+"""`make bench`: ingestion through gunicorn, deliveries assigned per second, drone choice.
+
+    .venv/bin/python bench/run.py [--deliveries 1000] [--seconds 4] [--rounds 2]
+
+Everything in one run on this machine, with what the run starts stopped at the end (also on
+Ctrl-C): its own Redis and MongoDB-protocol server (never the ones of `make run`), gunicorn and
+Celery workers started with the Procfile's command lines, production settings (DEBUG off).
+The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite file under
+.local/bench/; on a configured database the bench removes what it made.
+
+1. Ingestion: the peak rate of `POST /api/v1/deliveries` (closed loop) as a ratio to a bare DRF
+   endpoint served by the same gunicorn (bench.settings adds `/bench/bare`), measured in
+   alternating rounds with the same client; then latency at half that peak (open loop).
+2. End to end: N deliveries stored through the service while no worker runs (their messages
+   queue up in Redis), then `celery -A portal worker` started; deliveries assigned per second.
+3. Drone choice with 10,000 drones: bench/drone_choice.py, its output included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+
+from bench import load  # noqa: E402
+from portal.localservices import free_port, local_services  # noqa: E402
+
+WORK_DIR = BASE_DIR / ".local" / "bench"
+SQLITE_FILE = WORK_DIR / "bench.sqlite3"
+# The bench's fleet lives here, away from the demo fleet and from drone_choice.py's (Berlin).
+CENTER = (59.9139, 10.7522)  # Oslo
+FLEET_RADIUS_KM = 6.0
+TRIP_RADIUS_KM = 4.0
+
+TARGET_RATIO = 0.35
+TARGET_P99_MS = 50.0
+TARGET_ASSIGNED_PER_S = 150.0
+TARGET_CHOICE_P99_MS = 10.0
+
+
+class Stop(Exception):
+    """SIGTERM: unwind like Ctrl-C, so that `finally` blocks stop what was started."""
+
+
+def on_sigterm(_signum: int, _frame: object) -> None:
+    raise Stop
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def procfile_command(kind: str, **variables: str) -> list[str]:
+    """The Procfile's command line for `kind`, with ${VAR:-default} filled in from `variables`."""
+    for line in (BASE_DIR / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == kind:
+
+            def fill(match: re.Match[str]) -> str:
+                return variables.get(match.group(1), match.group(2) or "")
+
+            argv = shlex.split(re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", fill, command))
+            # The venv's tools, not whatever is first on PATH.
+            tool = Path(sys.executable).with_name(argv[0])
+            return [str(tool) if tool.exists() else argv[0], *argv[1:]]
+    raise SystemExit(f"no {kind!r} line in the Procfile")
+
+
+@contextlib.contextmanager
+def process(
+    argv: list[str], *, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A child in its own process group (Ctrl-C is ours to handle), stopped on exit."""
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield child
+    finally:
+        stop_group(child)
+
+
+def stop_group(child: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):  # also children that outlived their parent
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def wait_http(url: str, *, timeout: float, child: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise SystemExit(f"the server exited with {child.returncode}; see {log}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310 - loopback
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {log}")
+
+
+# --- the database -----------------------------------------------------------------------------
+
+
+def database_url(environ: dict[str, str]) -> str:
+    url = environ.get("DATABASE_URL", "")
+    if url:
+        if url.startswith(("postgres://", "postgresql://")):
+            ensure_postgres_database(url)
+        return url
+    for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
+        leftover.unlink()
+    return f"sqlite:///{SQLITE_FILE}"
+
+
+def ensure_postgres_database(url: str) -> None:
+    """Create the named database when the server does not have it yet."""
+    import psycopg
+    from psycopg import sql
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+        ).fetchone()
+        if not exists:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def random_point(rng: random.Random, radius_km: float) -> tuple[float, float]:
+    distance = radius_km * math.sqrt(rng.random())
+    bearing = rng.uniform(0, 2 * math.pi)
+    lat = CENTER[0] + math.degrees(distance * math.cos(bearing) / 6371.0)
+    lon = CENTER[1] + math.degrees(
+        distance * math.sin(bearing) / 6371.0 / math.cos(math.radians(CENTER[0]))
+    )
+    return round(lat, 6), round(lon, 6)
+
+
+def delivery_bodies(count: int, seed: int) -> list[dict[str, Any]]:
+    """Deliveries of 0.2 to 2.4 kg (every drone model carries them) over 0.5 to ~8 km."""
+    rng = random.Random(seed)
+    bodies: list[dict[str, Any]] = []
+    while len(bodies) < count:
+        pickup, dropoff = random_point(rng, TRIP_RADIUS_KM), random_point(rng, TRIP_RADIUS_KM)
+        if abs(pickup[0] - dropoff[0]) + abs(pickup[1] - dropoff[1]) < 0.01:
+            continue
+        number = len(bodies)
+        bodies.append(
+            {
+                "pickup": {"lat": pickup[0], "lon": pickup[1], "address": f"Shop {number}"},
+                "dropoff": {"lat": dropoff[0], "lon": dropoff[1], "address": f"Home {number}"},
+                "package": {
+                    "size": rng.choice(["small", "medium"]),
+                    "weight_kg": round(rng.uniform(0.2, 2.4), 2),
+                    "tag": rng.choice(["pharmacy", "groceries", "documents"]),
+                },
+                "recipient": {"name": f"Customer {number}", "email": f"c{number}@example.com"},
+            }
+        )
+    return bodies
+
+
+@dataclass
+class Made:
+    """What the bench stored, to remove it from a configured database at the end."""
+
+    business_ids: list[Any]
+    drone_ids: list[Any]
+    base_ids: list[Any]
+
+
+def cleanup(made: Made) -> None:
+    from businesses.models import Business
+    from deliveries.models import Delivery, IdempotencyRecord, OutboxMessage, Quote
+    from drones.models import Base, Drone
+
+    deliveries = Delivery.objects.filter(business_id__in=made.business_ids)
+    ids = [str(pk) for pk in deliveries.values_list("pk", flat=True)]
+    for first in range(0, len(ids), 500):
+        chunk = ids[first : first + 500]
+        OutboxMessage.objects.filter(payload__delivery_id__in=chunk).delete()
+    deliveries.delete()
+    Quote.objects.filter(business_id__in=made.business_ids).delete()
+    IdempotencyRecord.objects.filter(business_id__in=made.business_ids).delete()
+    Business.objects.filter(pk__in=made.business_ids).delete()
+    for first in range(0, len(made.drone_ids), 500):
+        Drone.objects.filter(pk__in=made.drone_ids[first : first + 500]).delete()
+    Base.objects.filter(pk__in=made.base_ids).delete()
+
+
+# --- 1. ingestion -----------------------------------------------------------------------------
+
+
+@dataclass
+class Ingestion:
+    bare: list[load.Result]
+    real: list[load.Result]
+    latency: load.Result
+    rate: float
+
+    @property
+    def bare_peak(self) -> float:
+        return sorted(r.rate for r in self.bare)[len(self.bare) // 2]
+
+    @property
+    def real_peak(self) -> float:
+        return sorted(r.rate for r in self.real)[len(self.real) // 2]
+
+
+def describe(result: load.Result) -> str:
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(result.statuses.items()))
+    errors = f"; errors {dict(result.errors)}" if result.errors else ""
+    skipped = f"; {result.skipped} not sent (too many outstanding)" if result.skipped else ""
+    return (
+        f"{result.name:<5} {result.rate:7.1f} req/s  p50 {result.percentile_ms(50):6.1f} ms  "
+        f"p99 {result.percentile_ms(99):6.1f} ms  [{statuses}]{errors}{skipped}  "
+        f"client CPU {result.client_cpu_pct:3.0f} %, {result.connections} connections"
+    )
+
+
+def ingestion(args: argparse.Namespace, env: dict[str, str], key: str) -> Ingestion:
+    port = free_port()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Api-Key {key}",
+        "Accept": "application/json",
+    }
+    bodies = [json.dumps(b).encode() for b in delivery_bodies(500, seed=args.seed)]
+    real = load.Target(
+        "real",
+        port,
+        [load.build_request("POST", "/api/v1/deliveries", body, headers) for body in bodies],
+    )
+    bare = load.Target(
+        "bare", port, [load.build_request("POST", "/bench/bare", body, headers) for body in bodies]
+    )
+    argv = procfile_command("web", WEB_PORT=str(port))
+    web_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.settings"}
+    log = WORK_DIR / "gunicorn.log"
+    print(f"\n== 1. ingestion: {shlex.join(argv[-9:])}\n   (log: {log})", flush=True)
+    with process(argv, env=web_env, log=log) as web:
+        wait_http(f"http://127.0.0.1:{port}/healthz/live", timeout=30, child=web, log=log)
+        for target in (bare, real):  # warm both workers' code paths and connections
+            load.closed_loop(target, concurrency=args.concurrency, seconds=1.0, warmup=0.5)
+        bare_runs: list[load.Result] = []
+        real_runs: list[load.Result] = []
+        for round_ in range(args.rounds):
+            order = [(bare, bare_runs), (real, real_runs)]
+            for target, runs in order if round_ % 2 == 0 else order[::-1]:
+                result = load.closed_loop(
+                    target, concurrency=args.concurrency, seconds=args.seconds, warmup=0.5
+                )
+                runs.append(result)
+                print(f"   peak, closed loop x{args.concurrency}: {describe(result)}", flush=True)
+        real_peak = sorted(r.rate for r in real_runs)[len(real_runs) // 2]
+        rate = real_peak / 2
+        latency = load.open_loop(real, rate=rate, seconds=args.open_seconds)
+        print(f"   open loop at {rate:.0f}/s:   {describe(latency)}", flush=True)
+    return Ingestion(bare_runs, real_runs, latency, rate)
+
+
+# --- 2. end to end ----------------------------------------------------------------------------
+
+
+@dataclass
+class EndToEnd:
+    count: int
+    assigned: int
+    other: dict[str, int]
+    first_to_last_s: float
+    start_to_last_s: float
+    queued: int
+
+    @property
+    def rate(self) -> float:
+        return self.assigned / self.first_to_last_s if self.first_to_last_s > 0 else 0.0
+
+    @property
+    def rate_with_startup(self) -> float:
+        return self.assigned / self.start_to_last_s if self.start_to_last_s > 0 else 0.0
+
+
+def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) -> EndToEnd:
+    import redis
+    from django.db.models import Count, Max, Min
+
+    from deliveries.api import DeliveryIn, delivery_request_from
+    from deliveries.models import Delivery, DeliveryEvent
+    from deliveries.services import delivery_create
+    from portal.celery import app
+
+    print(f"\n== 2. end to end: {args.deliveries} deliveries, then Celery workers", flush=True)
+    app.control.purge()  # what the ingestion bench queued
+    began = time.perf_counter()
+    for body in delivery_bodies(args.deliveries, seed=args.seed + 1):
+        serializer = DeliveryIn(data=body)
+        serializer.is_valid(raise_exception=True)
+        delivery_create(
+            business_id=business_id, request=delivery_request_from(serializer.validated_data)
+        )
+    stored_in = time.perf_counter() - began
+    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
+    queued = int(broker.llen("celery"))
+    print(
+        f"   stored {args.deliveries} through delivery_create in {stored_in:.1f} s; "
+        f"{queued} messages waiting in the broker",
+        flush=True,
+    )
+    argv = procfile_command("worker")
+    argv = [a.replace("worker@%h", "bench@%h") for a in argv]
+    log = WORK_DIR / "worker.log"
+    worker_env = {
+        **env,
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        "WORKER_HEARTBEAT_FILE": str(WORK_DIR / "worker-heartbeat"),
+    }
+    print(f"   {shlex.join(argv[-8:])}, EMAIL_BACKEND=locmem (log: {log})", flush=True)
+    mine = Delivery.objects.filter(business_id=business_id)
+    started_at = time.time()
+    with process(argv, env=worker_env, log=log) as worker:
+        deadline = time.monotonic() + args.e2e_timeout
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}; see {log}")
+            done = mine.exclude(status=Delivery.Status.REQUESTED).count()
+            if done >= args.deliveries:
+                break
+            if done != last:
+                last, last_change = done, time.monotonic()
+            elif time.monotonic() - last_change > 30:
+                print(f"   no progress for 30 s at {done} done; giving up", flush=True)
+                break
+            time.sleep(0.2)
+    by_status = dict(mine.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
+    span = DeliveryEvent.objects.filter(
+        delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
+    ).aggregate(first=Min("at"), last=Max("at"))
+    assigned = by_status.pop(Delivery.Status.ASSIGNED, 0)
+    first_to_last = start_to_last = 0.0
+    if span["first"] and span["last"]:
+        first_to_last = (span["last"] - span["first"]).total_seconds()
+        start_to_last = span["last"].timestamp() - started_at
+    result = EndToEnd(args.deliveries, assigned, by_status, first_to_last, start_to_last, queued)
+    print(
+        f"   {assigned} of {args.deliveries} assigned{'; ' + str(by_status) if by_status else ''}: "
+        f"first to last assignment {first_to_last:.2f} s = {result.rate:.0f}/s; "
+        f"from worker start {start_to_last:.2f} s = {result.rate_with_startup:.0f}/s",
+        flush=True,
+    )
+    return result
+
+
+# --- 3. drone choice --------------------------------------------------------------------------
+
+
+@dataclass
+class DroneChoice:
+    p99_ms: float | None
+    reserve_p99_ms: float | None
+    returncode: int
+
+
+def drone_choice(environ: dict[str, str]) -> DroneChoice:
+    command = [sys.executable, str(BASE_DIR / "bench" / "drone_choice.py"), "--drones", "10000"]
+    print(f"\n== 3. drone choice: {shlex.join(command[1:])}", flush=True)
+    completed = subprocess.run(
+        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=240
+    )
+    output = completed.stdout + completed.stderr
+    print("   " + output.strip().replace("\n", "\n   "), flush=True)
+
+    def p99(name: str) -> float | None:
+        match = re.search(rf"^{re.escape(name)}\s.*?p99\s+([\d.]+) ms", output, re.MULTILINE)
+        return float(match.group(1)) if match else None
+
+    return DroneChoice(
+        p99("drone_plan_best"), p99("drone_reserve + drone_release"), completed.returncode
+    )
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def summary(
+    vendor: str,
+    ingest: Ingestion | None,
+    e2e: EndToEnd | None,
+    choice: DroneChoice | None,
+) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    if ingest:
+        ratio = ingest.real_peak / ingest.bare_peak if ingest.bare_peak else 0.0
+        p99 = ingest.latency.percentile_ms(99)
+        clean = (
+            not ingest.latency.errors
+            and not ingest.latency.skipped
+            and all(set(r.statuses) <= {202} for r in ingest.real)
+        )
+        rows += [
+            ("POST /api/v1/deliveries peak", f"{ingest.real_peak:.0f} req/s", "", ""),
+            ("bare DRF endpoint peak", f"{ingest.bare_peak:.0f} req/s", "", ""),
+            ("ingestion ratio (real / bare)", f"{ratio:.2f}", f">= {TARGET_RATIO}",
+             verdict(ratio >= TARGET_RATIO and clean)),
+            (f"p50 at {ingest.rate:.0f} req/s (open loop)",
+             f"{ingest.latency.percentile_ms(50):.1f} ms", "", ""),
+            (f"p99 at {ingest.rate:.0f} req/s (open loop)", f"{p99:.1f} ms",
+             f"<= {TARGET_P99_MS:g} ms", verdict(p99 <= TARGET_P99_MS and clean)),
+        ]  # fmt: skip
+    if e2e:
+        rows += [
+            ("assigned/s, first to last", f"{e2e.rate:.0f}/s", f">= {TARGET_ASSIGNED_PER_S:g}/s",
+             verdict(e2e.rate >= TARGET_ASSIGNED_PER_S and e2e.assigned == e2e.count)),
+            ("assigned/s, from worker start", f"{e2e.rate_with_startup:.0f}/s", "", ""),
+        ]  # fmt: skip
+    if choice:
+        for name, value in (
+            ("drone_plan_best p99, 10k drones", choice.p99_ms),
+            ("drone_reserve+release p99", choice.reserve_p99_ms),
+        ):
+            rows.append(
+                (
+                    name,
+                    f"{value:.2f} ms" if value is not None else "failed",
+                    f"<= {TARGET_CHOICE_P99_MS:g} ms" if name.startswith("drone_plan") else "",
+                    verdict(value is not None and value <= TARGET_CHOICE_P99_MS)
+                    if name.startswith("drone_plan")
+                    else "",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print(f"\n== summary ({vendor}, {os.cpu_count()} CPUs, one run)")
+    print(line)
+    for row in [("figure", "measured", "target", ""), *rows]:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(line)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deliveries", type=int, default=1000, help="end-to-end deliveries")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per closed-loop round")
+    parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds per endpoint")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
+    parser.add_argument("--open-seconds", type=float, default=8.0, help="open-loop duration")
+    parser.add_argument("--e2e-timeout", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip", choices=["ingestion", "e2e", "choice"], action="append")
+    args = parser.parse_args()
+    skip = set(args.skip or [])
+    signal.signal(signal.SIGTERM, on_sigterm)
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    for log in ("gunicorn.log", "worker.log"):
+        (WORK_DIR / log).unlink(missing_ok=True)
+
+    original = dict(os.environ)
+    env = {
+        key: value
+        for key, value in original.items()
+        # Always private servers: the bench purges its broker queue.
+        if key not in ("REDIS_URL", "MONGODB_URI", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update(
+        {
+            "DEBUG": "false",  # production code paths: no query log, no debug pages
+            "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "SECURE_SSL_REDIRECT": "false",
+            "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
+            "API_RATE_LIMIT": "10000000/second",  # the throttle runs, never refuses
+            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env["DATABASE_URL"] = database_url(original)
+    ingest = e2e = choice = None
+    vendor = "?"
+    try:
+        with local_services(env) as urls:
+            env.update(urls)
+            os.environ.clear()
+            os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
+            import django
+
+            django.setup()
+            from django.core.management import call_command
+            from django.db import connection
+
+            from businesses.services import business_create
+            from drones.geo import Point
+            from drones.services import fleet_seed
+
+            vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
+            print(f"database: {vendor}; services: {urls}", flush=True)
+            call_command("migrate", verbosity=0)
+            made = Made([], [], [])
+            try:
+                api, key = business_create(name="Bench API client")
+                e2e_business, _ = business_create(name="Bench end to end")
+                made.business_ids += [api.pk, e2e_business.pk]
+                fleet = fleet_seed(
+                    count=args.deliveries + max(500, args.deliveries // 2),
+                    center=Point(*CENTER),
+                    radius_km=FLEET_RADIUS_KM,
+                    seed=args.seed,
+                )
+                made.drone_ids += fleet.drone_ids
+                made.base_ids += [b.id for b in fleet.bases if b.created]
+                print(
+                    f"fleet: {len(fleet.drone_ids)} idle drones on {len(fleet.bases)} bases "
+                    f"within {FLEET_RADIUS_KM:g} km",
+                    flush=True,
+                )
+                if connection.vendor == "postgresql":
+                    with connection.cursor() as cursor:
+                        cursor.execute("ANALYZE")
+                if "ingestion" not in skip:
+                    ingest = ingestion(args, env, key)
+                if "e2e" not in skip:
+                    e2e = end_to_end(args, env, e2e_business.pk)
+            finally:
+                if connection.vendor != "sqlite":
+                    cleanup(made)
+                connection.close()
+        if "choice" not in skip:
+            choice = drone_choice(original)
+    except (KeyboardInterrupt, Stop):
+        print("\ninterrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
+            leftover.unlink()
+    summary(vendor, ingest, e2e, choice)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
