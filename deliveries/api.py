@@ -335,6 +335,7 @@ class QuoteCreateApi(APIView):
 
 class DeliveryListCreateApi(APIView):
     @extend_schema(
+        operation_id="deliveries_list",
         summary="List the caller's deliveries, newest first",
         parameters=[OpenApiParameter("status", str, enum=list(Delivery.Status.values))],
         responses={200: DeliveryOut},
