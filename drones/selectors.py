@@ -119,34 +119,46 @@ def drone_plan_best(
             pairs.append((pair, spare_km))
     if not pairs:
         return None
-    best = _best_at_home(trip, [pair for pair, _ in pairs])
-    # Step 2: drones away from their base that could beat it.
+    arms = _arms(trip, [pair for pair, _ in pairs])
     fastest_kmh = max(m.cruise_speed_kmh for m in trip.models.values())
     # No drone further than this from the pickup could make the trip, whatever its battery.
     reach_km = max(spare_km for _, spare_km in pairs)
-    if best is None:
-        # Nothing at the bases: stragglers are rare, look at all of them at once.
-        half_width_km = reach_km
-    else:
-        half_width_km = min(best.hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
+    # Step 2 goes along in the same query, searching as far out as a drone would have to be
+    # to beat the soonest pair: enough whenever that pair has a free drone.
+    half_width_km = reach_km
+    if arms:
+        half_width_km = min(arms[0].hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
     limit = _FIRST_LIMIT
+    home, away, last_hours = _search(
+        trip, _home_sql(trip, arms[:_PAIRS_PER_QUERY]), _away_sql(trip, half_width_km, limit)
+    )
+    best = _best_feasible(trip, home)
+    # The first query that finds drones at home has the best of them: the pairs left for
+    # later are no sooner.
+    for first in range(_PAIRS_PER_QUERY, len(arms), _PAIRS_PER_QUERY):
+        if best is not None:
+            break
+        home, _, _ = _search(trip, _home_sql(trip, arms[first : first + _PAIRS_PER_QUERY]))
+        best = _best_feasible(trip, home)
     while True:
-        rows, last_hours = _away_from_home(trip, half_width_km=half_width_km, limit=limit)
-        best = _sooner(best, _best_feasible(trip, rows))
+        best = _sooner(best, _best_feasible(trip, away))
         # The soonest a drone not seen yet could reach the pickup, in hours.
         unseen_hours = math.inf if half_width_km >= reach_km else half_width_km / fastest_kmh
-        truncated = len(rows) == limit
+        truncated = len(away) == limit
         if truncated:
             unseen_hours = min(unseen_hours, last_hours * (1 + _TOLERANCE))
         if best is not None and best.hours <= unseen_hours:
             break
         if truncated and (best is None or best.hours > last_hours * (1 + _TOLERANCE)):
             limit *= 4  # the rows past the limit may hold a better one
-        elif best is None or half_width_km >= reach_km:
+        elif half_width_km >= reach_km:
             break
+        elif best is None:
+            half_width_km = reach_km  # nothing at home: drones away are rare, take them all
         else:
             # Just wide enough to prove it, or to find the one that beats it.
             half_width_km = min(best.hours * fastest_kmh * (1 + _TOLERANCE), reach_km)
+        _, away, last_hours = _search(trip, _away_sql(trip, half_width_km, limit))
     if best is None:
         return None
     return _plan(best, start=start, not_before=not_before)
@@ -287,43 +299,71 @@ def _any_drone_of(pairs: list[_Pair]) -> bool:
         return cursor.fetchone() is not None
 
 
-def _best_at_home(trip: _Trip, pairs: list[_Pair]) -> _Candidate | None:
-    """Step 1: the best free drone waiting at its own base."""
+@dataclass(frozen=True)
+class _Arm:
+    """A probe for the fullest free drone of a pair waiting at its base with enough battery."""
+
+    hours: float
+    pair: _Pair
+    min_battery_pct: float
+
+
+def _arms(trip: _Trip, pairs: list[_Pair]) -> list[_Arm]:
+    """The probes of step 1, soonest first; only pairs whose drones could make the trip."""
     arms = []
     for pair in pairs:
         to_pickup_km = distance_km(pair.base, trip.pickup)
         needed_km = to_pickup_km + trip.leg_km + trip.to_base[pair.base_id]
         if needed_km <= _usable_km(pair.model, battery_pct=100.0):
-            min_battery = battery_reserve_pct() + 100 * needed_km / pair.model.range_km
-            arms.append((to_pickup_km / pair.model.cruise_speed_kmh, pair, min_battery))
-    arms.sort(key=lambda arm: arm[0])
-    # One probe per pair, soonest pairs first: the first query that finds drones has the best,
-    # as every pair left for later is no sooner.
+            min_battery_pct = battery_reserve_pct() + 100 * needed_km / pair.model.range_km
+            arms.append(_Arm(to_pickup_km / pair.model.cruise_speed_kmh, pair, min_battery_pct))
+    return sorted(arms, key=lambda arm: arm.hours)
+
+
+def _home_sql(trip: _Trip, arms: list[_Arm]) -> tuple[str, list[Any]]:
+    """Step 1: one index probe per pair."""
     one = f"""
         SELECT * FROM (
-            SELECT {_COLUMNS} FROM {_table(Drone)}
+            SELECT 'home' AS kind, {_COLUMNS}, CAST(NULL AS DOUBLE PRECISION) AS hours2
+            FROM {_table(Drone)}
             WHERE state = %s AND assigned_delivery_id IS NULL AND base_id = %s AND model_id = %s
                 AND lat = %s AND lon = %s AND battery_pct >= %s {_not_in("id", trip.exclude)}
             ORDER BY battery_pct DESC
             LIMIT 1
-        ) AS arm{{}}
+        ) AS home{{}}
     """  # noqa: S608 - placeholders and table names only
-    for first in range(0, len(arms), _PAIRS_PER_QUERY):
-        chunk = arms[first : first + _PAIRS_PER_QUERY]
-        sql = " UNION ALL ".join(one.format(i) for i in range(len(chunk)))
-        params: list[Any] = []
-        for _, pair, min_battery in chunk:
-            params += [Drone.State.IDLE.value, _db_uuid(pair.base_id), _db_uuid(pair.model.id)]
-            params += [pair.base.lat, pair.base.lon, min_battery, *_db_uuids(trip.exclude)]
-        best = _best_feasible(trip, _fetch(sql, params))
-        if best is not None:
-            return best
-    return None
+    params: list[Any] = []
+    for arm in arms:
+        pair = arm.pair
+        params += [Drone.State.IDLE.value, _db_uuid(pair.base_id), _db_uuid(pair.model.id)]
+        params += [pair.base.lat, pair.base.lon, arm.min_battery_pct, *_db_uuids(trip.exclude)]
+    return " UNION ALL ".join(one.format(i) for i in range(len(arms))), params
 
 
-def _away_from_home(trip: _Trip, *, half_width_km: float, limit: int) -> tuple[list[_Row], float]:
+def _search(trip: _Trip, *parts: tuple[str, list[Any]]) -> tuple[list[_Row], list[_Row], float]:
+    """Run the parts as one query: the drones found at home, those found away (soonest first)
+    and the estimated time of the last of these, in hours."""
+    sql = " UNION ALL ".join(part for part, _ in parts if part)
+    params = [param for part, part_params in parts if part for param in part_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    home: list[_Row] = []
+    away: list[tuple[float, _Row]] = []
+    for kind, i, serial, lat, lon, m, battery, b, hours2 in rows:
+        row = (_uuid(i), serial, lat, lon, _uuid(m), battery, _uuid(b))
+        if kind == "home":
+            home.append(row)
+        else:
+            away.append((hours2, row))
+    away.sort(key=lambda hours2_row: hours2_row[0])
+    last_hours = math.sqrt(away[-1][0]) if away else math.inf
+    return home, [row for _, row in away], last_hours
+
+
+def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[Any]]:
     """Step 2: free drones not at their base, within the box, that seem to have the battery for
-    the trip, by estimated time to the pickup; and the estimate of the last row, in hours."""
+    the trip, by estimated time to the pickup (squared, in hours)."""
     lat0, lon0 = trip.pickup.lat, trip.pickup.lon
     dlat_deg = math.degrees(half_width_km / EARTH_RADIUS_KM)
     where = ["state = %s", "assigned_delivery_id IS NULL", "lat >= %s", "lat <= %s"]
@@ -339,9 +379,9 @@ def _away_from_home(trip: _Trip, *, half_width_km: float, limit: int) -> tuple[l
     models, bases = list(trip.models.values()), list(trip.to_base)
     where.append(f"model_id IN ({', '.join(['%s'] * len(models))})")
     params += [_db_uuid(m.id) for m in models]
-    where.append(f"base_id IN ({', '.join(['%s'] * len(bases))})")
-    params += _db_uuids(bases)
-    # Step 1 counted the drones at their base; this is checked from the index alone.
+    # Step 1 counted the drones at their base; this is checked from the index alone. (No
+    # "base_id IN": the planner would then scan every drone of those bases by the other index;
+    # a drone of another base gets no budget below and is left out all the same.)
     where.append(f"NOT ({' OR '.join(['(base_id = %s AND lat = %s AND lon = %s)'] * len(bases))})")
     for base_id in bases:
         params += [_db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
@@ -363,18 +403,20 @@ def _away_from_home(trip: _Trip, *, half_width_km: float, limit: int) -> tuple[l
     # budget: what the battery leaves for the flight to the pickup once the leg to the
     # dropoff and the flight home are paid; the estimate must fit in it.
     sql = f"""
-        SELECT {_COLUMNS}, km2 * hours2_per_km2 AS hours2
-        FROM (
-            SELECT {_COLUMNS}, {km2} AS km2,
-                CASE model_id {per_model} END * (battery_pct - {_F}) - {_F}
-                    - CASE base_id {per_base} END AS budget_km,
-                CASE model_id {per_model} END AS hours2_per_km2
-            FROM {_table(Drone)}
-            WHERE {" AND ".join(where)}
+        SELECT * FROM (
+            SELECT 'away' AS kind, {_COLUMNS}, km2 * hours2_per_km2 AS hours2
+            FROM (
+                SELECT {_COLUMNS}, {km2} AS km2,
+                    CASE model_id {per_model} END * (battery_pct - {_F}) - {_F}
+                        - CASE base_id {per_base} END AS budget_km,
+                    CASE model_id {per_model} END AS hours2_per_km2
+                FROM {_table(Drone)}
+                WHERE {" AND ".join(where)}
+            ) AS candidates
+            WHERE budget_km >= 0 AND km2 <= budget_km * budget_km * {_F}
+            ORDER BY hours2
+            LIMIT %s
         ) AS away
-        WHERE budget_km >= 0 AND km2 <= budget_km * budget_km * {_F}
-        ORDER BY hours2
-        LIMIT %s
     """  # noqa: S608 - placeholders and table names only
     all_params = [
         *km2_params,
@@ -387,9 +429,7 @@ def _away_from_home(trip: _Trip, *, half_width_km: float, limit: int) -> tuple[l
         (1 + _TOLERANCE) ** 2,
         limit,
     ]
-    rows = _fetch(sql, all_params, extra=1)
-    last_hours = math.sqrt(rows[-1][-1]) if rows else math.inf
-    return [row[:-1] for row in rows], last_hours
+    return sql, all_params
 
 
 # A float parameter. Cast, because PostgreSQL otherwise takes a literal for `numeric`
@@ -399,15 +439,6 @@ _F = "CAST(%s AS DOUBLE PRECISION)"
 
 def _not_in(column: str, values: frozenset[UUID]) -> str:
     return f"AND {column} NOT IN ({', '.join(['%s'] * len(values))})" if values else ""
-
-
-def _fetch(sql: str, params: list[Any], *, extra: int = 0) -> list[Any]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [
-            (_uuid(i), serial, lat, lon, _uuid(m), battery, _uuid(b), *rest)
-            for i, serial, lat, lon, m, battery, b, *rest in cursor.fetchall()
-        ]
 
 
 def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:

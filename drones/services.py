@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from drones.geo import EARTH_RADIUS_KM, Point
@@ -54,15 +54,14 @@ def drone_reserve(
 
     Idempotent: a delivery that already has a drone gets that drone's plan again. Runs inside
     the caller's transaction; a booking becomes visible to others when the caller commits.
+    Raises DeliveryImpossible when no drone could ever make the delivery, NoDroneFree when
+    drones could but none is free now.
     """
     booked = _booked_plan(
         delivery_id=delivery_id, pickup=pickup, dropoff=dropoff, start=start, not_before=not_before
     )
     if booked is not None:
         return booked
-    reason = delivery_impossible_reason(pickup=pickup, dropoff=dropoff, weight_kg=weight_kg)
-    if reason is not None:
-        raise DeliveryImpossible(reason)
     lost: set[UUID] = set()
     for _ in range(MAX_CLAIM_ATTEMPTS):
         plan = drone_plan_best(
@@ -76,20 +75,7 @@ def drone_reserve(
         if plan is None:
             break
         try:
-            # A savepoint: a unique violation must not break the caller's transaction.
-            with transaction.atomic():
-                free = Drone.objects.filter(
-                    pk=plan.drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
-                )
-                # Where rows can be locked, a drone another transaction is claiming right now
-                # is passed over at once instead of waiting for that transaction to end.
-                if connection.features.has_select_for_update_skip_locked:
-                    free = free.filter(
-                        pk__in=list(
-                            free.select_for_update(skip_locked=True).values_list("pk", flat=True)
-                        )
-                    )
-                claimed = free.update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
+            claimed = _claim(drone_id=plan.drone_id, delivery_id=delivery_id)
         except IntegrityError:
             # Only assigned_delivery_id is unique among the columns written: another worker
             # booked a drone for this same delivery and committed first.
@@ -109,7 +95,28 @@ def drone_reserve(
         lost.add(plan.drone_id)
     if lost:
         logger.info("delivery %s lost the race for %d drones", delivery_id, len(lost))
+    else:
+        # Asked only now: when a drone is free, the answer is known to be no.
+        reason = delivery_impossible_reason(pickup=pickup, dropoff=dropoff, weight_kg=weight_kg)
+        if reason is not None:
+            raise DeliveryImpossible(reason)
     raise NoDroneFree("No drone able to make this delivery is free now; it will be retried.")
+
+
+def _claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
+    """Compare-and-swap: book the drone if it is still free; False if someone else has it."""
+    free = Drone.objects.filter(
+        pk=drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
+    )
+    # A savepoint: a unique violation must not break the caller's transaction. Where rows
+    # can be locked, a drone another transaction is claiming right now is passed over at once
+    # (SKIP LOCKED) rather than waited for; SQLite has one writer at a time anyway.
+    with transaction.atomic():
+        locked = free.select_for_update(skip_locked=True).order_by().values("pk")
+        claimed = free.filter(pk__in=locked).update(
+            assigned_delivery_id=delivery_id, updated_at=timezone.now()
+        )
+    return claimed == 1
 
 
 def drone_release(*, drone_id: UUID, delivery_id: UUID) -> bool:

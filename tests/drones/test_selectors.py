@@ -252,3 +252,28 @@ class TestWhyNoDroneCouldEverDoIt:
         drone(model, base(), state=Drone.State.GROUNDED, battery_pct=0.0)
 
         assert delivery_impossible_reason(pickup=PICKUP, dropoff=DROPOFF, weight_kg=1.0) is None
+
+
+def test_a_drone_away_from_home_beats_drones_waiting_at_a_base_further_off() -> None:
+    model = drone_model(cruise_speed_kmh=60.0)
+    home = base(offset(HERE, east_km=4.0))
+    for _ in range(20):
+        drone(model, home)
+    landed = drone(model, home, at=offset(HERE, north_km=-1.0))
+
+    assert best() == landed
+
+
+def test_drones_that_only_seem_able_do_not_hide_one_that_is() -> None:
+    # More than a query's LIMIT of drones ahead in the database's estimate, each a hair short of
+    # battery (within the estimate's tolerance, so only the exact check in Python drops them).
+    model = drone_model(cruise_speed_kmh=60.0, range_km=30.0)
+    home = base(DROPOFF)
+    spot = offset(HERE, north_km=-1.0)
+    needed_km = distance_km(spot, PICKUP) + distance_km(PICKUP, DROPOFF)
+    short = 20 + 100 * needed_km * (1 - 3e-4) / model.range_km
+    for _ in range(20):
+        drone(model, home, at=spot, battery_pct=short)
+    able = drone(model, home, at=offset(HERE, north_km=-1.2))
+
+    assert best() == able
