@@ -81,7 +81,7 @@ def parcel_kg(rng: random.Random) -> float:
 def summary(name: str, samples: list[float]) -> str:
     ms = sorted(s * 1000 for s in samples)
     p = statistics.quantiles(ms, n=100, method="inclusive")
-    return f"{name:<34} p50 {p[49]:6.2f} ms   p99 {p[98]:6.2f} ms   max {ms[-1]:6.2f} ms"
+    return f"{name:<40} p50 {p[49]:6.2f} ms   p99 {p[98]:6.2f} ms   max {ms[-1]:6.2f} ms"
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -112,6 +112,15 @@ def main() -> None:
             f"on {len(fleet.bases)} bases in {seeded_in:.1f} s "
             f"({Drone.objects.count()} drones in the database)"
         )
+        measure(rng, samples=args.samples)
+        # A busy hour: most drones booked, so that the nearest bases often have none free.
+        busy = rng.sample(fleet.drone_ids, k=len(fleet.drone_ids) * 9 // 10)
+        Drone.objects.bulk_update(
+            [Drone(pk=pk, assigned_delivery_id=uuid.uuid4()) for pk in busy],
+            ["assigned_delivery_id"],
+            batch_size=500,
+        )
+        print(f"\nwith {len(busy)} of the {args.drones} drones booked:")
         measure(rng, samples=args.samples)
     finally:
         # Only what this run made. Plain deletes: the bench made no deliveries, and on a
@@ -177,7 +186,7 @@ def measure(rng: random.Random, *, samples: int) -> None:
         "70 % up to 2.5 kg, 20 % up to 5 kg, 10 % up to 12 kg"
     )
     print(summary("baseline: Drone by primary key", baseline))
-    print(summary("drone_plan_best", choice))
+    print(summary("drone_plan_best (target p99 <= 10 ms)", choice))
     print(summary("delivery_impossible_reason", reasons))
     print(summary("drone_reserve + drone_release", reserve_release))
     print(

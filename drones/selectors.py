@@ -67,7 +67,8 @@ def battery_reserve_pct() -> float:
 def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: float) -> str | None:
     """Why no drone of the fleet could ever make this delivery, even idle and fully charged at
     its home base; None when some drone could (whether one is free now or not)."""
-    heaviest = _heaviest_payload_kg()
+    pairs = _fleet_pairs()
+    heaviest = max((p.model.max_payload_kg for p in pairs if p.model.has_drones), default=None)
     if heaviest is None:
         return "There are no drones in the fleet."
     if weight_kg > heaviest:
@@ -77,8 +78,8 @@ def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: floa
         )
     leg_km = distance_km(pickup, dropoff)
     trips, within_range = [], []
-    for pair in _fleet_pairs():
-        if pair.model.max_payload_kg >= weight_kg:
+    for pair in pairs:
+        if pair.model.has_drones and pair.model.max_payload_kg >= weight_kg:
             trip_km = distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
             usable_km = _usable_km(pair.model, battery_pct=100.0)
             trips.append((trip_km, usable_km))
@@ -112,7 +113,7 @@ def drone_plan_best(
         to_base_km = distance_km(dropoff, pair.base)
         # What a full battery leaves for the flight to the pickup.
         spare_km = _usable_km(pair.model, battery_pct=100.0) - leg_km - to_base_km
-        if pair.model.max_payload_kg >= weight_kg and spare_km >= 0:
+        if pair.model.has_drones and pair.model.max_payload_kg >= weight_kg and spare_km >= 0:
             trip.models[pair.model.id] = pair.model
             trip.to_base[pair.base_id] = to_base_km
             trip.homes[pair.base_id] = pair.base
@@ -202,6 +203,7 @@ class _Model:
     max_payload_kg: float
     cruise_speed_kmh: float
     range_km: float
+    has_drones: bool
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,8 @@ def _table(model: type[Drone | DroneModel | Base]) -> str:
 
 
 def _fleet_pairs() -> list[_Pair]:
-    """Every (model, base) combination, whether it has drones or not: both tables are small.
+    """Every (model, base) combination, whether it has drones or not (both tables are small),
+    and whether each model has any drone at all.
 
     One round trip for both tables. Not a join: PostgreSQL estimates a table it has never
     analysed (a few rows never trigger autovacuum's analyse) at hundreds of rows, and the
@@ -259,28 +262,22 @@ def _fleet_pairs() -> list[_Pair]:
     longer than everything else here together.
     """
     sql = f"""
-        SELECT 'model', id, max_payload_kg, cruise_speed_kmh, range_km FROM {_table(DroneModel)}
+        SELECT 'model', id, max_payload_kg, cruise_speed_kmh, range_km,
+            EXISTS (SELECT 1 FROM {_table(Drone)} d WHERE d.model_id = m.id)
+        FROM {_table(DroneModel)} m
         UNION ALL
-        SELECT 'base', id, lat, lon, NULL FROM {_table(Base)}
+        SELECT 'base', id, lat, lon, NULL, NULL FROM {_table(Base)}
     """  # noqa: S608 - table names only
     with connection.cursor() as cursor:
         cursor.execute(sql)
         rows = cursor.fetchall()
-    models = [_Model(_uuid(i), a, b, c) for kind, i, a, b, c in rows if kind == "model"]
-    bases = [(_uuid(i), Point(a, b)) for kind, i, a, b, _ in rows if kind == "base"]
+    models = [
+        _Model(_uuid(i), a, b, c, bool(has_drones))
+        for kind, i, a, b, c, has_drones in rows
+        if kind == "model"
+    ]
+    bases = [(_uuid(i), Point(a, b)) for kind, i, a, b, *_ in rows if kind == "base"]
     return [_Pair(m, base_id, point) for m in models for base_id, point in bases]
-
-
-def _heaviest_payload_kg() -> float | None:
-    """The most any drone of the fleet carries (None: there are no drones)."""
-    sql = f"""
-        SELECT MAX(max_payload_kg) FROM {_table(DroneModel)} m
-        WHERE EXISTS (SELECT 1 FROM {_table(Drone)} d WHERE d.model_id = m.id)
-    """  # noqa: S608 - table names only
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        row = cursor.fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def _any_drone_of(pairs: list[_Pair]) -> bool:

@@ -199,6 +199,7 @@ class SeededFleet:
     drone_ids: list[UUID]
 
 
+@transaction.atomic
 def fleet_seed(
     *, count: int, center: Point, radius_km: float = 10.0, seed: int | None = None
 ) -> SeededFleet:
