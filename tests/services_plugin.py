@@ -22,6 +22,9 @@ def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> 
     # DEBUG on for the development defaults; the production checks have tests of their own.
     os.environ.setdefault("DEBUG", "true")
     os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+    # The live server answers each request on a new thread; a persistent connection per thread
+    # would outlive it and exhaust PostgreSQL's max_connections under the concurrency tests.
+    os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
     # Ignore a running `make run`: tests use their own servers.
     os.environ.setdefault("FABRIKAM_IGNORE_LOCAL_SERVICES_FILE", "true")
     urls = _stack.enter_context(local_services())
