@@ -128,8 +128,7 @@ def main() -> None:
         for first in range(0, len(fleet.drone_ids), 500):
             chunk = fleet.drone_ids[first : first + 500]
             Drone.objects.filter(pk__in=chunk)._raw_delete(connection.alias)
-        made = [b.id for b in fleet.bases if b.created]
-        Base.objects.filter(pk__in=made)._raw_delete(connection.alias)
+        Base.objects.filter(pk__in=[b.id for b in fleet.bases])._raw_delete(connection.alias)
 
 
 def measure(rng: random.Random, *, samples: int) -> None:

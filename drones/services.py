@@ -190,7 +190,6 @@ class SeededBase:
     lat: float
     lon: float
     drones: int
-    created: bool
 
 
 @dataclass(frozen=True)
@@ -203,8 +202,9 @@ class SeededFleet:
 def fleet_seed(
     *, count: int, center: Point, radius_km: float = 10.0, seed: int | None = None
 ) -> SeededFleet:
-    """Add `count` idle, (nearly) fully charged drones on a few bases within `radius_km` of
-    `center`; the drone models and bases are created if missing."""
+    """Add `count` idle, (nearly) fully charged drones on a few new bases within `radius_km`
+    of `center` (about one per 50 drones, at most 12); the drone models are created if
+    missing."""
     if count < 0:
         raise Unprocessable("The number of drones cannot be negative.", field="count")
     if radius_km < 0:
@@ -217,9 +217,14 @@ def fleet_seed(
         )[0]
         for name, payload, speed, range_km in SEED_MODELS
     ]
-    n_bases = min(max(1, round(count / DRONES_PER_BASE)), MAX_SEED_BASES)
-    bases, created = [], set()
-    for _ in range(n_bases):
+    n_bases = min(max(1, round(count / DRONES_PER_BASE)), MAX_SEED_BASES) if count else 0
+    taken = [
+        int(name[5:])
+        for name in Base.objects.filter(name__startswith="Base ").values_list("name", flat=True)
+        if name[5:].isdigit()
+    ]
+    bases = []
+    for number in range(max(taken, default=0) + 1, max(taken, default=0) + 1 + n_bases):
         # Uniform over the disc: the distance goes as the square root.
         distance = radius_km * math.sqrt(rng.random())
         bearing = rng.uniform(0, 2 * math.pi)
@@ -227,13 +232,9 @@ def fleet_seed(
         lon = center.lon + math.degrees(
             distance * math.sin(bearing) / EARTH_RADIUS_KM / math.cos(math.radians(center.lat))
         )
-        lat, lon = round(lat, 5), round(lon, 5)
-        base, is_new = Base.objects.get_or_create(
-            name=f"Base {lat:.5f},{lon:.5f}", defaults={"lat": lat, "lon": lon}
+        bases.append(
+            Base.objects.create(name=f"Base {number:02d}", lat=round(lat, 5), lon=round(lon, 5))
         )
-        bases.append(base)
-        if is_new:
-            created.add(base.pk)
     numbers = [
         int(serial[3:])
         for serial in Drone.objects.filter(serial__startswith="FD-").values_list(
@@ -261,10 +262,6 @@ def fleet_seed(
         )
     Drone.objects.bulk_create(drones, batch_size=1000)
     return SeededFleet(
-        bases=[
-            SeededBase(b.pk, b.name, b.lat, b.lon, per_base[b.pk], b.pk in created)
-            for b in dict.fromkeys(bases)
-            if per_base[b.pk]
-        ],
+        bases=[SeededBase(b.pk, b.name, b.lat, b.lon, per_base[b.pk]) for b in bases],
         drone_ids=[d.pk for d in drones],
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from io import StringIO
 
@@ -8,6 +9,7 @@ from django.core.management import call_command
 from django.db import transaction
 
 from drones import services
+from drones.geo import Point, distance_km
 from drones.models import Base, Drone
 from drones.selectors import FlightPlan
 from drones.services import (
@@ -222,7 +224,10 @@ def test_seed_fleet_creates_drones_on_bases_and_can_run_again() -> None:
     call_command("seed_fleet", count=120, lat=47.6, lon=-122.3, seed=1, stdout=out)
     call_command("seed_fleet", count=30, lat=47.6, lon=-122.3, radius_km=5, stdout=StringIO())
 
-    assert out.getvalue().splitlines()[0] == "120 drones on 2 bases:"
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "120 drones on 2 bases:"
+    assert re.fullmatch(r"  Base 01 at 47\.\d{5}, -122\.\d{5}: 60 drones", lines[1])
+    assert sorted(Base.objects.values_list("name", flat=True)) == ["Base 01", "Base 02", "Base 03"]
     assert Drone.objects.count() == 150
     assert Drone.objects.values("serial").distinct().count() == 150
     assert Drone.objects.filter(state=Drone.State.IDLE, battery_pct__gte=85).count() == 150
@@ -232,7 +237,7 @@ def test_seed_fleet_creates_drones_on_bases_and_can_run_again() -> None:
         "heavy",
     }
     for b in Base.objects.all():
-        assert b.lat == pytest.approx(47.6, abs=0.1)
+        assert distance_km(Point(b.lat, b.lon), Point(47.6, -122.3)) <= 10.0
     at_home = Drone.objects.select_related("base")
     assert all((d.lat, d.lon) == (d.base.lat, d.base.lon) for d in at_home)
     plan = reserve(uuid.uuid4())  # a seeded fleet is usable

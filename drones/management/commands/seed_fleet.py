@@ -11,7 +11,7 @@ from drones.services import fleet_seed
 
 
 class Command(BaseCommand):
-    help = "Add N idle, charged drones on a few bases around a point (drone models if missing)."
+    help = "Add N idle, charged drones on a few new bases around a point (models if missing)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--count", type=int, required=True, help="drones to add")
@@ -31,4 +31,6 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"{len(fleet.drone_ids)} drones on {len(fleet.bases)} bases:")
         for base in fleet.bases:
-            self.stdout.write(f"  {base.name}: {base.drones} drones at ({base.lat}, {base.lon})")
+            self.stdout.write(
+                f"  {base.name} at {base.lat:.5f}, {base.lon:.5f}: {base.drones} drones"
+            )
