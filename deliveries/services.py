@@ -485,16 +485,21 @@ def delivery_notify_eta(*, delivery_id: UUID) -> bool:
 # --- changes asked by the business ------------------------------------------------------------
 
 
+def _locked(delivery_id: UUID, *, business_id: UUID | None = None) -> Delivery:
+    """The delivery, row-locked until the transaction ends; scoped to a business when given."""
+    deliveries = Delivery.objects.select_for_update().filter(pk=delivery_id)
+    if business_id is not None:
+        deliveries = deliveries.filter(business_id=business_id)
+    delivery = deliveries.first()
+    if delivery is None:
+        raise NotFound("no such delivery")
+    return delivery
+
+
 def delivery_cancel(*, business_id: UUID, delivery_id: UUID) -> Delivery:
     now = timezone.now()
     with transaction.atomic():
-        delivery = (
-            Delivery.objects.select_for_update()
-            .filter(pk=delivery_id, business_id=business_id)
-            .first()
-        )
-        if delivery is None:
-            raise NotFound("no such delivery")
+        delivery = _locked(delivery_id, business_id=business_id)
         if delivery.status == Status.CANCELLED:
             return delivery  # cancelling twice is harmless
         if delivery.status not in BEFORE_PICKUP:
@@ -528,13 +533,7 @@ def delivery_reschedule(
     workflow looks for the best drone again, since the old one may no longer be the right one."""
     now = timezone.now()
     with transaction.atomic():
-        delivery = (
-            Delivery.objects.select_for_update()
-            .filter(pk=delivery_id, business_id=business_id)
-            .first()
-        )
-        if delivery is None:
-            raise NotFound("no such delivery")
+        delivery = _locked(delivery_id, business_id=business_id)
         if delivery.status not in (Status.REQUESTED, Status.ASSIGNED):
             raise Conflict(
                 f"the delivery is {delivery.status.replace('_', ' ')}; it can be rescheduled only "
@@ -588,9 +587,7 @@ def delivery_advance(
     """Move a delivery to its next stage (telemetry, operators), refusing impossible jumps."""
     now = timezone.now()
     with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
-        if delivery is None:
-            raise NotFound("no such delivery")
+        delivery = _locked(delivery_id)
         if status not in TRANSITIONS[delivery.status]:
             raise InvalidStageTransition(f"a delivery cannot go from {delivery.status} to {status}")
         if status == Status.DELIVERED and delivery.drone_id:
@@ -609,9 +606,7 @@ def delivery_retry(*, delivery_id: UUID) -> Delivery:
     """An operator's retry of a failed delivery: back to requested, the workflow starts over."""
     now = timezone.now()
     with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
-        if delivery is None:
-            raise NotFound("no such delivery")
+        delivery = _locked(delivery_id)
         if delivery.status != Status.FAILED:
             raise InvalidStageTransition(
                 f"only a failed delivery can be retried, not a {delivery.status} one"
