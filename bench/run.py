@@ -39,7 +39,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench import load  # noqa: E402
+from bench import cpu, load  # noqa: E402
 from portal.localservices import free_port, local_services  # noqa: E402
 
 WORK_DIR = BASE_DIR / ".local" / "bench"
@@ -122,6 +122,36 @@ def wait_http(url: str, *, timeout: float, child: subprocess.Popen[bytes], log: 
                 return
         time.sleep(0.1)
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s; see {log}")
+
+
+def machine_load() -> str:
+    """The 1-minute load average: the machine is shared, so each phase says how busy it was."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+
+
+def grouper(urls: dict[str, str], **roots: int) -> Any:
+    """Names a process for the CPU split: this script, a started server's group, or other."""
+    me = os.getpid()
+    ports = {
+        "redis": f"--port {urls['REDIS_URL'].rsplit(':', 1)[1].split('/')[0]}",
+        "mongodb": f"--port {urls['MONGODB_URI'].rsplit(':', 1)[1].strip('/')}",
+    }
+
+    def group(snap: cpu.Snapshot, pid: int) -> str:
+        if pid == me:
+            return "bench client"
+        for name, root in roots.items():
+            if cpu.descends_from(snap, pid, root):
+                return name
+        command = snap.command.get(pid, "")
+        for name, flag in ports.items():
+            if flag in command:
+                return name
+        if "postgres" in command:
+            return "postgresql"
+        return "other processes"
+
+    return group
 
 
 # --- the database -----------------------------------------------------------------------------
@@ -247,7 +277,9 @@ def describe(result: load.Result) -> str:
     )
 
 
-def ingestion(args: argparse.Namespace, env: dict[str, str], key: str) -> Ingestion:
+def ingestion(
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], key: str
+) -> Ingestion:
     port = free_port()
     headers = {
         "Content-Type": "application/json",
@@ -266,25 +298,49 @@ def ingestion(args: argparse.Namespace, env: dict[str, str], key: str) -> Ingest
     argv = procfile_command("web", WEB_PORT=str(port))
     web_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.settings"}
     log = WORK_DIR / "gunicorn.log"
-    print(f"\n== 1. ingestion: {shlex.join(argv[-9:])}\n   (log: {log})", flush=True)
+    print(f"\n== 1. ingestion ({machine_load()})", flush=True)
+    print(f"   {shlex.join(argv[-9:])}, bench.settings (log: {log})", flush=True)
     with process(argv, env=web_env, log=log) as web:
         wait_http(f"http://127.0.0.1:{port}/healthz/live", timeout=30, child=web, log=log)
         for target in (bare, real):  # warm both workers' code paths and connections
             load.closed_loop(target, concurrency=args.concurrency, seconds=1.0, warmup=0.5)
+        group = grouper(urls, gunicorn=web.pid)
         bare_runs: list[load.Result] = []
         real_runs: list[load.Result] = []
+        spent: dict[str, dict[str, float]] = {"bare": {}, "real": {}}
+        walls = {"bare": 0.0, "real": 0.0}
         for round_ in range(args.rounds):
             order = [(bare, bare_runs), (real, real_runs)]
             for target, runs in order if round_ % 2 == 0 else order[::-1]:
+                before = cpu.snapshot()
                 result = load.closed_loop(
-                    target, concurrency=args.concurrency, seconds=args.seconds, warmup=0.5
+                    target, concurrency=args.concurrency, seconds=args.seconds, warmup=0.0
                 )
+                after = cpu.snapshot()
+                cpu.add(spent[target.name], cpu.usage(before, after, group))
+                walls[target.name] += after.at - before.at
                 runs.append(result)
                 print(f"   peak, closed loop x{args.concurrency}: {describe(result)}", flush=True)
+        for name, runs in (("bare", bare_runs), ("real", real_runs)):
+            served = sum(r.completed for r in runs)
+            split = cpu.describe(spent[name], wall=walls[name], per=served, unit="request")
+            print(f"   {name}: {split}", flush=True)
         real_peak = sorted(r.rate for r in real_runs)[len(real_runs) // 2]
         rate = real_peak / 2
+        before = cpu.snapshot()
         latency = load.open_loop(real, rate=rate, seconds=args.open_seconds)
+        after = cpu.snapshot()
         print(f"   open loop at {rate:.0f}/s:   {describe(latency)}", flush=True)
+        print(
+            "   open loop: "
+            + cpu.describe(
+                cpu.usage(before, after, group),
+                wall=after.at - before.at,
+                per=max(1, latency.completed),
+                unit="request",
+            ),
+            flush=True,
+        )
     return Ingestion(bare_runs, real_runs, latency, rate)
 
 
@@ -309,7 +365,9 @@ class EndToEnd:
         return self.assigned / self.start_to_last_s if self.start_to_last_s > 0 else 0.0
 
 
-def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) -> EndToEnd:
+def end_to_end(
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], business_id: Any
+) -> EndToEnd:
     import redis
     from django.db.models import Count, Max, Min
 
@@ -318,7 +376,7 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) 
     from deliveries.services import delivery_create
     from portal.celery import app
 
-    print(f"\n== 2. end to end: {args.deliveries} deliveries, then Celery workers", flush=True)
+    print(f"\n== 2. end to end ({machine_load()})", flush=True)
     app.control.purge()  # what the ingestion bench queued
     began = time.perf_counter()
     for body in delivery_bodies(args.deliveries, seed=args.seed + 1):
@@ -346,7 +404,9 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) 
     print(f"   {shlex.join(argv[-8:])}, EMAIL_BACKEND=locmem (log: {log})", flush=True)
     mine = Delivery.objects.filter(business_id=business_id)
     started_at = time.time()
+    before = cpu.snapshot()
     with process(argv, env=worker_env, log=log) as worker:
+        group = grouper(urls, **{"celery workers": worker.pid})
         deadline = time.monotonic() + args.e2e_timeout
         last, last_change = -1, time.monotonic()
         while time.monotonic() < deadline:
@@ -361,6 +421,7 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) 
                 print(f"   no progress for 30 s at {done} done; giving up", flush=True)
                 break
             time.sleep(0.2)
+        after = cpu.snapshot()
     by_status = dict(mine.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     span = DeliveryEvent.objects.filter(
         delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
@@ -375,6 +436,13 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], business_id: Any) 
         f"   {assigned} of {args.deliveries} assigned{'; ' + str(by_status) if by_status else ''}: "
         f"first to last assignment {first_to_last:.2f} s = {result.rate:.0f}/s; "
         f"from worker start {start_to_last:.2f} s = {result.rate_with_startup:.0f}/s",
+        flush=True,
+    )
+    split = cpu.usage(before, after, group)
+    split["bench (polling)"] = split.pop("bench client", 0)
+    print(
+        "   from worker start: "
+        + cpu.describe(split, wall=after.at - before.at, per=max(1, assigned), unit="delivery"),
         flush=True,
     )
     return result
@@ -392,7 +460,7 @@ class DroneChoice:
 
 def drone_choice(environ: dict[str, str]) -> DroneChoice:
     command = [sys.executable, str(BASE_DIR / "bench" / "drone_choice.py"), "--drones", "10000"]
-    print(f"\n== 3. drone choice: {shlex.join(command[1:])}", flush=True)
+    print(f"\n== 3. drone choice ({machine_load()}): {shlex.join(command[1:])}", flush=True)
     completed = subprocess.run(
         command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=240
     )
@@ -476,9 +544,9 @@ def summary(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=1000, help="end-to-end deliveries")
-    parser.add_argument("--seconds", type=float, default=4.0, help="per closed-loop round")
-    parser.add_argument("--rounds", type=int, default=2, help="closed-loop rounds per endpoint")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop connections")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per closed-loop round")
+    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds per endpoint")
+    parser.add_argument("--concurrency", type=int, default=6, help="closed-loop connections")
     parser.add_argument("--open-seconds", type=float, default=8.0, help="open-loop duration")
     parser.add_argument("--e2e-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -543,7 +611,7 @@ def main() -> int:
                     seed=args.seed,
                 )
                 made.drone_ids += fleet.drone_ids
-                made.base_ids += [b.id for b in fleet.bases if b.created]
+                made.base_ids += [b.id for b in fleet.bases]  # always new bases
                 print(
                     f"fleet: {len(fleet.drone_ids)} idle drones on {len(fleet.bases)} bases "
                     f"within {FLEET_RADIUS_KM:g} km",
@@ -553,9 +621,9 @@ def main() -> int:
                     with connection.cursor() as cursor:
                         cursor.execute("ANALYZE")
                 if "ingestion" not in skip:
-                    ingest = ingestion(args, env, key)
+                    ingest = ingestion(args, env, urls, key)
                 if "e2e" not in skip:
-                    e2e = end_to_end(args, env, e2e_business.pk)
+                    e2e = end_to_end(args, env, urls, e2e_business.pk)
             finally:
                 if connection.vendor != "sqlite":
                     cleanup(made)
