@@ -24,6 +24,7 @@ The models and bases are read once per call (they are few); nothing is cached.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -162,6 +163,9 @@ def drone_plan_best(
         _, away, last_hours = _search(trip, _away_sql(trip, half_width_km, limit))
     if best is None:
         return None
+    if best.serial is None:
+        serial = Drone.objects.filter(pk=best.drone_id).values_list("serial", flat=True).first()
+        best = dataclasses.replace(best, serial=serial or "")
     return _plan(best, start=start, not_before=not_before)
 
 
@@ -230,7 +234,7 @@ class _Trip:
 @dataclass(frozen=True)
 class _Candidate:
     drone_id: UUID
-    serial: str
+    serial: str | None
     hours: float
     battery_pct: float
     speed_kmh: float
@@ -239,8 +243,8 @@ class _Candidate:
     to_base_km: float
 
 
-# (id, serial, lat, lon, model_id, battery_pct, base_id)
-_Row = tuple[UUID, str, float, float, UUID, float, UUID]
+# (id, serial (None when not read), lat, lon, model_id, battery_pct, base_id)
+_Row = tuple[UUID, str | None, float, float, UUID, float, UUID]
 _COLUMNS = "id, serial, lat, lon, model_id, battery_pct, base_id"
 
 
@@ -360,7 +364,8 @@ def _search(trip: _Trip, *parts: tuple[str, list[Any]]) -> tuple[list[_Row], lis
 
 def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[Any]]:
     """Step 2: free drones not at their base, within the box, that seem to have the battery for
-    the trip, by estimated time to the pickup (squared, in hours)."""
+    the trip, by estimated time to the pickup (squared, in hours). Only columns of the search
+    index, so that it is read alone; the serial of a drone chosen here is read afterwards."""
     lat0, lon0 = trip.pickup.lat, trip.pickup.lon
     dlat_deg = math.degrees(half_width_km / EARTH_RADIUS_KM)
     where = ["state = %s", "assigned_delivery_id IS NULL", "lat >= %s", "lat <= %s"]
@@ -401,9 +406,10 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     # dropoff and the flight home are paid; the estimate must fit in it.
     sql = f"""
         SELECT * FROM (
-            SELECT 'away' AS kind, {_COLUMNS}, km2 * hours2_per_km2 AS hours2
+            SELECT 'away' AS kind, id, NULL AS serial, lat, lon, model_id, battery_pct, base_id,
+                km2 * hours2_per_km2 AS hours2
             FROM (
-                SELECT {_COLUMNS}, {km2} AS km2,
+                SELECT id, lat, lon, model_id, battery_pct, base_id, {km2} AS km2,
                     CASE model_id {per_model} END * (battery_pct - {_F}) - {_F}
                         - CASE base_id {per_base} END AS budget_km,
                     CASE model_id {per_model} END AS hours2_per_km2
@@ -492,7 +498,7 @@ def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None
         pickup_eta = not_before
     return FlightPlan(
         drone_id=candidate.drone_id,
-        drone_serial=candidate.serial,
+        drone_serial=candidate.serial or "",
         to_pickup_km=candidate.to_pickup_km,
         pickup_to_dropoff_km=candidate.leg_km,
         dropoff_to_base_km=candidate.to_base_km,
