@@ -256,6 +256,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Without this Celery's Django fixup closes the database connection before and after every
+# task, and reconnecting costs more than a workflow step's queries. Workers then keep their
+# connections as web processes do: portal/celery.py applies DATABASE_CONN_MAX_AGE and the
+# health checks around each task, as Django does around each request.
+CELERY_DB_REUSE_MAX = 10_000
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
