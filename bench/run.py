@@ -1,6 +1,6 @@
 """`make bench`: ingestion through gunicorn, deliveries assigned per second, drone choice.
 
-    .venv/bin/python bench/run.py [--deliveries 1000] [--seconds 4] [--rounds 2]
+    .venv/bin/python bench/run.py [--deliveries 1000] [--seconds 3] [--rounds 3] [--skip PHASE]
 
 Everything in one run on this machine, with what the run starts stopped at the end (also on
 Ctrl-C): its own Redis and MongoDB-protocol server (never the ones of `make run`), gunicorn and
@@ -14,6 +14,10 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
 2. End to end: N deliveries stored through the service while no worker runs (their messages
    queue up in Redis), then `celery -A portal worker` started; deliveries assigned per second.
 3. Drone choice with 10,000 drones: bench/drone_choice.py, its output included.
+
+The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
+worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
+the request and the workflow are profiled layer by layer in this process (bench/layers.py).
 """
 
 from __future__ import annotations
