@@ -106,7 +106,9 @@ def _check_point(point: Point, name: str) -> None:
         )
 
 
-def delivery_request_check(request: DeliveryRequest, *, now: datetime | None = None) -> None:
+def delivery_request_check(
+    request: DeliveryRequest, *, now: datetime | None = None, fleet_max_age_seconds: float = 0.0
+) -> None:
     """Refuse what is well-formed but impossible, saying why (the API answers 422)."""
     now = now or timezone.now()
     _check_point(request.pickup.point, "pickup")
@@ -138,6 +140,7 @@ def delivery_request_check(request: DeliveryRequest, *, now: datetime | None = N
         pickup=request.pickup.point,
         dropoff=request.dropoff.point,
         weight_kg=request.package_weight_kg,
+        max_age_seconds=fleet_max_age_seconds,
     )
     if reason:
         raise DeliveryImpossible(reason)
@@ -224,7 +227,9 @@ def delivery_create(
     relay publishes it later. A request that cannot be stored raises: it is never acknowledged.
     """
     now = timezone.now()
-    delivery_request_check(request, now=now)
+    delivery_request_check(
+        request, now=now, fleet_max_age_seconds=settings.FLEET_SHAPE_CACHE_SECONDS
+    )
     quote = (
         _quote_for(business_id=business_id, quote_id=quote_id, request=request)
         if quote_id
@@ -259,16 +264,27 @@ def delivery_create(
 
 
 def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
-    """In the caller's transaction: an outbox message, published once the transaction commits."""
+    """In the caller's transaction: an outbox message, published once the transaction commits.
+
+    It is stored as published, so that the usual case costs no second write: a failed publish
+    clears the mark for the relay. A process that dies between commit and publish leaves a
+    delivery in `requested` with no next attempt, which the sweeper republishes.
+    """
     message = OutboxMessage.objects.create(
-        task=WORKFLOW_TASK, payload={"delivery_id": str(delivery_id), "attempt": attempt}
+        task=WORKFLOW_TASK,
+        payload={"delivery_id": str(delivery_id), "attempt": attempt},
+        published_at=timezone.now(),
     )
     transaction.on_commit(
-        lambda: outbox_publish(message_id=message.id, task=message.task, payload=message.payload)
+        lambda: outbox_publish(
+            message_id=message.id, task=message.task, payload=message.payload, marked=True
+        )
     )
 
 
-def outbox_publish(*, message_id: UUID, task: str, payload: dict[str, Any]) -> bool:
+def outbox_publish(
+    *, message_id: UUID, task: str, payload: dict[str, Any], marked: bool = False
+) -> bool:
     """Send one outbox message to the broker; on failure leave it for the relay."""
     from portal.celery import app
 
@@ -277,10 +293,13 @@ def outbox_publish(*, message_id: UUID, task: str, payload: dict[str, Any]) -> b
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the message for the relay
         logger.warning("outbox message %s not published, the relay will retry: %s", message_id, exc)
         OutboxMessage.objects.filter(pk=message_id).update(
-            attempts=F("attempts") + 1, last_error=f"{type(exc).__name__}: {exc}"[:300]
+            published_at=None,
+            attempts=F("attempts") + 1,
+            last_error=f"{type(exc).__name__}: {exc}"[:300],
         )
         return False
-    OutboxMessage.objects.filter(pk=message_id).update(published_at=timezone.now())
+    if not marked:
+        OutboxMessage.objects.filter(pk=message_id).update(published_at=timezone.now())
     return True
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,10 +66,22 @@ def battery_reserve_pct() -> float:
     return float(getattr(settings, "DRONE_BATTERY_RESERVE_PCT", 20))
 
 
-def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: float) -> str | None:
+def delivery_impossible_reason(
+    *, pickup: Point, dropoff: Point, weight_kg: float, max_age_seconds: float = 0.0
+) -> str | None:
     """Why no drone of the fleet could ever make this delivery, even idle and fully charged at
-    its home base; None when some drone could (whether one is free now or not)."""
-    pairs = _fleet_pairs()
+    its home base; None when some drone could (whether one is free now or not).
+
+    With `max_age_seconds` the fleet's shape (which models live at which bases) may come from
+    this process's memory, that old at most: the API's early refusal uses it, since the shape
+    changes when drones are bought, not per request; the workflow asks without it.
+    """
+    if max_age_seconds > 0:
+        pairs = _populated_pairs(max_age_seconds)
+        any_drone_of: Any = bool
+    else:
+        pairs = _fleet_pairs()
+        any_drone_of = _any_drone_of
     heaviest = max((p.model.max_payload_kg for p in pairs if p.model.has_drones), default=None)
     if heaviest is None:
         return "There are no drones in the fleet."
@@ -86,7 +99,7 @@ def delivery_impossible_reason(*, pickup: Point, dropoff: Point, weight_kg: floa
             trips.append((trip_km, usable_km))
             if trip_km <= usable_km:
                 within_range.append(pair)
-    if _any_drone_of(within_range):
+    if any_drone_of(within_range):
         return None
     return (
         f"The shortest trip base → pickup → dropoff → base is {min(trips)[0]:.1f} km; "
@@ -282,6 +295,23 @@ def _fleet_pairs() -> list[_Pair]:
     ]
     bases = [(_uuid(i), Point(a, b)) for kind, i, a, b, *_ in rows if kind == "base"]
     return [_Pair(m, base_id, point) for m in models for base_id, point in bases]
+
+
+_populated: tuple[float, list[_Pair]] | None = None
+
+
+def _populated_pairs(max_age_seconds: float) -> list[_Pair]:
+    """The (model, base) pairs that have at least one drone; from memory while young enough."""
+    global _populated
+    now = time.monotonic()
+    if _populated is not None and now - _populated[0] <= max_age_seconds:
+        return _populated[1]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT DISTINCT model_id, base_id FROM {_table(Drone)}")  # noqa: S608
+        present = {(_uuid(model_id), _uuid(base_id)) for model_id, base_id in cursor.fetchall()}
+    pairs = [pair for pair in _fleet_pairs() if (pair.model.id, pair.base_id) in present]
+    _populated = (now, pairs)
+    return pairs
 
 
 def _any_drone_of(pairs: list[_Pair]) -> bool:

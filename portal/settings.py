@@ -334,6 +334,9 @@ DELIVERY_ASSIGN_TIMEOUT_SECONDS = envint("DELIVERY_ASSIGN_TIMEOUT_SECONDS", 2 * 
 DELIVERY_RETRY_BASE_SECONDS = float(envstr("DELIVERY_RETRY_BASE_SECONDS") or 2)
 DELIVERY_RETRY_MAX_SECONDS = float(envstr("DELIVERY_RETRY_MAX_SECONDS") or 60)
 DRONE_BATTERY_RESERVE_PCT = float(envstr("DRONE_BATTERY_RESERVE_PCT") or 20)
+# How old the fleet's shape (which models live at which bases) may be when the API refuses a
+# delivery no drone could ever make; the workflow always checks against the database.
+FLEET_SHAPE_CACHE_SECONDS = float(envstr("FLEET_SHAPE_CACHE_SECONDS") or 30)
 
 CELERY_BEAT_SCHEDULE = {
     "outbox-relay": {"task": "workers.outbox_relay", "schedule": 5.0},

@@ -25,6 +25,8 @@ def pytest_load_initial_conftests(early_config: Any, parser: Any, args: Any) -> 
     # The live server answers each request on a new thread; a persistent connection per thread
     # would outlive it and exhaust PostgreSQL's max_connections under the concurrency tests.
     os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
+    # Every test builds its own fleet; one test checks the cache itself.
+    os.environ.setdefault("FLEET_SHAPE_CACHE_SECONDS", "0")
     # Ignore a running `make run`: tests use their own servers.
     os.environ.setdefault("FABRIKAM_IGNORE_LOCAL_SERVICES_FILE", "true")
     urls = _stack.enter_context(local_services())

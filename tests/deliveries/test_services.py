@@ -148,3 +148,31 @@ def test_a_stale_message_does_nothing_when_a_newer_one_carries_the_delivery(
     assert services.delivery_assign(delivery_id=delivery.id, attempt=1).result == "done"
     assert Delivery.objects.get(pk=delivery.id).status == "requested"
     assert services.delivery_assign(delivery_id=delivery.id, attempt=3).result == "assigned"
+
+
+@pytest.mark.django_db
+def test_the_api_may_use_a_recent_fleet_shape_but_the_workflow_asks_the_database(
+    django_assert_num_queries: Any,
+) -> None:
+    from drones import selectors
+    from drones.geo import Point
+
+    make_fleet(2)
+    trip = {
+        "pickup": Point(lat=47.6097, lon=-122.3422),
+        "dropoff": Point(lat=47.6205, lon=-122.3493),
+        "weight_kg": 2.0,
+    }
+    selectors._populated = None
+    assert selectors.delivery_impossible_reason(**trip, max_age_seconds=60) is None
+    with django_assert_num_queries(0):
+        assert selectors.delivery_impossible_reason(**trip, max_age_seconds=60) is None
+        heavy = selectors.delivery_impossible_reason(
+            **{**trip, "weight_kg": 9.0}, max_age_seconds=60
+        )
+        assert heavy is not None and "5 kg" in heavy
+    Drone.objects.all().delete()
+    # Within its age the remembered shape still says yes; the database says no.
+    assert selectors.delivery_impossible_reason(**trip, max_age_seconds=60) is None
+    assert selectors.delivery_impossible_reason(**trip) == "There are no drones in the fleet."
+    selectors._populated = None
