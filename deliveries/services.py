@@ -368,13 +368,17 @@ def _point(lat: float, lon: float) -> Point:
     return Point(lat=lat, lon=lon)
 
 
-def delivery_assign(*, delivery_id: UUID, attempt: int = 0) -> AssignOutcome:
+def delivery_assign(
+    *, delivery_id: UUID, attempt: int = 0, delivery: Delivery | None = None
+) -> AssignOutcome:
     """Reserve the best drone and mark the delivery assigned, in one transaction.
 
     Safe to run twice and concurrently: the drone claim and the status change are both
     compare-and-swaps, and a stale attempt (another message already moved on) does nothing.
+    `delivery` spares a read when the caller has just loaded it; the swaps check it still holds.
     """
-    delivery = Delivery.objects.filter(pk=delivery_id).first()
+    if delivery is None:
+        delivery = Delivery.objects.filter(pk=delivery_id).first()
     if delivery is None or delivery.status != Status.REQUESTED:
         return AssignOutcome("done", delivery)
     if delivery.attempts != attempt:
@@ -418,7 +422,11 @@ def delivery_assign(*, delivery_id: UUID, attempt: int = 0) -> AssignOutcome:
         return _wait_or_give_up(delivery, attempt, now, "no drone can deliver before the deadline")
     except NoDroneFree:
         return _wait_or_give_up(delivery, attempt, now, "no drone became free in time")
-    delivery.refresh_from_db()
+    # What the swap wrote, without reading it back.
+    delivery.status = Status.ASSIGNED
+    delivery.drone_id = plan.drone_id
+    delivery.pickup_eta, delivery.dropoff_eta = plan.pickup_eta, plan.dropoff_eta
+    delivery.next_attempt_at, delivery.updated_at = None, now
     live.status_write(delivery)
     return AssignOutcome("assigned", delivery)
 
@@ -469,9 +477,14 @@ def delivery_fail(*, delivery_id: UUID, reason: str) -> bool:
     return True
 
 
-def delivery_notify_eta(*, delivery_id: UUID) -> bool:
-    """Email the customer the ETA once; a redelivered message does not send it again."""
-    delivery = Delivery.objects.select_related("business", "drone").filter(pk=delivery_id).first()
+def delivery_notify_eta(*, delivery_id: UUID, delivery: Delivery | None = None) -> bool:
+    """Email the customer the ETA once; a redelivered message does not send it again.
+
+    `delivery` spares a read when the workflow has the record it has just assigned."""
+    if delivery is None:
+        delivery = (
+            Delivery.objects.select_related("business", "drone").filter(pk=delivery_id).first()
+        )
     if (
         delivery is None
         or delivery.eta_notified_at is not None

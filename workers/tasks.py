@@ -50,7 +50,7 @@ def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
 
 
 def _delivery_process(delivery_id: UUID, attempt: int) -> str:
-    delivery = Delivery.objects.filter(pk=delivery_id).first()
+    delivery = Delivery.objects.select_related("business").filter(pk=delivery_id).first()
     if delivery is None:
         return "gone"
     if delivery.status == Delivery.Status.REQUESTED:
@@ -62,20 +62,24 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
             weight_kg=delivery.package_weight_kg,
             tag=delivery.package_tag or delivery.package_size,
         )
-        outcome = services.delivery_assign(delivery_id=delivery_id, attempt=attempt)
+        outcome = services.delivery_assign(
+            delivery_id=delivery_id, attempt=attempt, delivery=delivery
+        )
         if outcome.result == "wait":
             delivery_process.apply_async(
                 kwargs={"delivery_id": str(delivery_id), "attempt": outcome.attempt},
                 countdown=outcome.retry_in,
             )
             return "waiting"
-    # Also on a redelivered message whose first run died after assigning. A separate task, so
-    # that a mail outage delays the email but never fails the delivery.
-    pending_email = Delivery.objects.filter(
-        pk=delivery_id, status=Delivery.Status.ASSIGNED, eta_notified_at__isnull=True
-    )
-    if pending_email.exists():
-        delivery_notify.delay(str(delivery_id))
+        if outcome.result != "assigned":
+            return "done"
+    # Also on a redelivered message whose first run died after assigning.
+    if delivery.status == Delivery.Status.ASSIGNED and delivery.eta_notified_at is None:
+        try:
+            services.delivery_notify_eta(delivery_id=delivery_id, delivery=delivery)
+        except Exception as exc:  # noqa: BLE001 - a mail outage must not fail the delivery
+            logger.warning("delivery %s: ETA email failed, retried apart: %s", delivery_id, exc)
+            delivery_notify.delay(str(delivery_id))
     return "done"
 
 

@@ -158,7 +158,7 @@ def test_the_api_may_use_a_recent_fleet_shape_but_the_workflow_asks_the_database
     from drones.geo import Point
 
     make_fleet(2)
-    trip = {
+    trip: dict[str, Any] = {
         "pickup": Point(lat=47.6097, lon=-122.3422),
         "dropoff": Point(lat=47.6205, lon=-122.3493),
         "weight_kg": 2.0,
@@ -176,3 +176,24 @@ def test_the_api_may_use_a_recent_fleet_shape_but_the_workflow_asks_the_database
     assert selectors.delivery_impossible_reason(**trip, max_age_seconds=60) is None
     assert selectors.delivery_impossible_reason(**trip) == "There are no drones in the fleet."
     selectors._populated = None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_mail_outage_delays_the_email_but_never_fails_the_delivery(tenant: Tenant) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(
+        business_id=tenant.business.id, request=request(recipient={"email": "ada@example.com"})
+    )
+    before = queue_length()
+    with override_settings(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=free_port(),
+        EMAIL_USE_TLS=False,
+    ):
+        result = delivery_process.apply(kwargs={"delivery_id": str(delivery.id)}).get()
+    assert result == "done"
+    delivery.refresh_from_db()
+    assert delivery.status == "assigned"
+    assert delivery.eta_notified_at is None
+    assert queue_length() == before + 1  # the email's own task, retried apart
