@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -32,17 +33,13 @@ class AwareDateTimeField(serializers.DateTimeField):
     """ISO 8601 with a zone; a time without one is ambiguous and refused."""
 
     def to_internal_value(self, value: Any) -> datetime:
-        parsed = super().to_internal_value(value)
-        if isinstance(value, str) and not _has_zone(value):
+        # DRF reads a time without a zone in the server's zone; ask Django's parser instead.
+        given = parse_datetime(value.strip()) if isinstance(value, str) else None
+        if given is not None and given.tzinfo is None:
             raise serializers.ValidationError(
                 "include a time zone, e.g. 2026-05-01T14:30:00Z or +02:00"
             )
-        return parsed
-
-
-def _has_zone(text: str) -> bool:
-    text = text.strip()
-    return text.endswith(("Z", "z")) or (len(text) > 6 and text[-6] in "+-" and text[-3] == ":")
+        return super().to_internal_value(value)
 
 
 class PlaceIn(serializers.Serializer):
@@ -301,14 +298,20 @@ def _business_id(request: Request) -> Any:
 
 
 def _idempotent_post(request: Request, produce: Any) -> Response:
+    key = request.headers.get("Idempotency-Key")
+    method = request.method or "POST"
+    # Hashing the body is needed only to compare it with a stored request.
+    fingerprint = (
+        services.request_fingerprint(method=method, path=request.path, body=request.data)
+        if key
+        else ""
+    )
     stored = services.idempotent(
         business_id=_business_id(request),
-        key=request.headers.get("Idempotency-Key"),
-        method=request.method or "POST",
+        key=key,
+        method=method,
         path=request.path,
-        fingerprint=services.request_fingerprint(
-            method=request.method or "POST", path=request.path, body=request.data
-        ),
+        fingerprint=fingerprint,
         produce=produce,
     )
     response = Response(stored.body, status=stored.status, headers=stored.headers)

@@ -11,7 +11,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -48,6 +48,8 @@ TRANSITIONS: dict[str, set[str]] = {
     Status.FAILED: {Status.REQUESTED},
 }
 BEFORE_PICKUP = {Status.REQUESTED, Status.ASSIGNED, Status.EN_ROUTE_TO_PICKUP}
+# A delivery in one of these no longer holds its drone.
+FINISHED = {Status.DELIVERED, Status.CANCELLED, Status.FAILED}
 CLOCK_SKEW = timedelta(seconds=60)
 
 
@@ -275,10 +277,13 @@ def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
         payload={"delivery_id": str(delivery_id), "attempt": attempt},
         published_at=timezone.now(),
     )
+    # robust: the request is committed and answered 202 whatever happens here; outbox_publish
+    # handles the broker, and a database failure after commit is left to the sweeper.
     transaction.on_commit(
         lambda: outbox_publish(
             message_id=message.id, task=message.task, payload=message.payload, marked=True
-        )
+        ),
+        robust=True,
     )
 
 
@@ -437,8 +442,17 @@ class _DeadlineMissed(Exception):
 
 
 def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: str) -> AssignOutcome:
-    """No suitable drone free now: look again later with backoff, or fail past the limits."""
-    limit = delivery.created_at + timedelta(seconds=settings.DELIVERY_ASSIGN_TIMEOUT_SECONDS)
+    """No suitable drone free now: look again later with backoff, or fail past the limits.
+
+    The time limit counts from when the delivery last became requested: created, rescheduled
+    or retried by an operator (its latest `requested` event)."""
+    waiting_since = (
+        DeliveryEvent.objects.filter(delivery_id=delivery.id, status=Status.REQUESTED)
+        .order_by("-at")
+        .values_list("at", flat=True)
+        .first()
+    ) or delivery.created_at
+    limit = waiting_since + timedelta(seconds=settings.DELIVERY_ASSIGN_TIMEOUT_SECONDS)
     if delivery.deadline is not None:
         limit = min(limit, delivery.deadline)
     if now >= limit:
@@ -581,7 +595,16 @@ def delivery_reschedule(
             pickup_time=pickup_time if pickup_time is not None else delivery.pickup_time,
             deadline=deadline if deadline is not None else delivery.deadline,
         )
-        delivery_request_check(new, now=now)
+        # Only what the business changes is judged against the clock: a pickup time it keeps
+        # may have passed while the delivery waited for a drone.
+        delivery_request_check(
+            replace(
+                new,
+                pickup_time=pickup_time,
+                deadline=deadline if deadline is not None else _future(delivery.deadline, now),
+            ),
+            now=now,
+        )
         if delivery.drone_id:
             drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
         attempts = delivery.attempts + 1
@@ -609,6 +632,10 @@ def delivery_reschedule(
     return delivery
 
 
+def _future(moment: datetime | None, now: datetime) -> datetime | None:
+    return moment if moment is not None and moment > now else None
+
+
 def delivery_advance(
     *,
     delivery_id: UUID,
@@ -622,7 +649,7 @@ def delivery_advance(
         delivery = _locked(delivery_id)
         if status not in TRANSITIONS[delivery.status]:
             raise InvalidStageTransition(f"a delivery cannot go from {delivery.status} to {status}")
-        if status == Status.DELIVERED and delivery.drone_id:
+        if status in FINISHED and delivery.drone_id:
             drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
         Delivery.objects.filter(pk=delivery.id).update(status=status, updated_at=now)
         lat, lon, alt = position if position else (None, None, None)
@@ -652,7 +679,6 @@ def delivery_retry(*, delivery_id: UUID) -> Delivery:
             dropoff_eta=None,
             attempts=attempts,
             next_attempt_at=None,
-            created_at=now,  # the assignment time limit counts from the retry
             updated_at=now,
         )
         DeliveryEvent.objects.create(

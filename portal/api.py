@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError
+from django_redis.exceptions import ConnectionInterrupted
+from redis.exceptions import RedisError
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -37,8 +39,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.field:
             body["fields"] = {exc.field: [exc.message]}
         return Response({"error": body}, status=_domain_status(exc))
-    if isinstance(exc, DatabaseError):
-        logger.exception("database unavailable")
+    if isinstance(exc, DatabaseError | RedisError | ConnectionInterrupted):
+        # The database or the Redis that holds keys and rate limits is down: retry, not a bug.
+        logger.exception("dependency unavailable")
         return Response(
             {
                 "error": {

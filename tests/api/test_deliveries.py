@@ -482,3 +482,44 @@ def test_the_schema_generates_without_a_single_warning(tmp_path: Any) -> None:
     call_command("spectacular", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
     schema = (tmp_path / "schema.yaml").read_text()
     assert "ApiKey" in schema and "Idempotency-Key" in schema
+
+
+def test_a_zone_offset_without_a_colon_is_a_zone(tenant: Tenant, fleet: Any) -> None:
+    soon = (timezone.now() + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    response = tenant.client.post_json(DELIVERIES, delivery_body(pickup_time=soon))
+    assert response.status_code == 202, response.json()
+
+
+def test_the_dropoff_can_move_after_the_requested_pickup_time_has_passed(
+    tenant: Tenant, fleet: Any
+) -> None:
+    body = create(tenant, pickup_time=(timezone.now() + timedelta(seconds=5)).isoformat())
+    # The drone is late: the pickup time passes before it sets off.
+    Delivery.objects.filter(pk=body["id"]).update(pickup_time=timezone.now() - timedelta(minutes=5))
+    response = tenant.client.patch_json(
+        f"{DELIVERIES}/{body['id']}", {"dropoff": {"lat": 47.615, "lon": -122.32}}
+    )
+    assert response.status_code == 200, response.json()
+
+
+def test_a_failed_or_cancelled_stage_frees_the_drone(tenant: Tenant, fleet: Any) -> None:
+    for final in ("failed", "cancelled"):
+        delivery = assign(create(tenant)["id"])
+        services.delivery_advance(delivery_id=delivery.id, status=final, note="operator")
+        assert not Drone.objects.filter(assigned_delivery_id=delivery.id).exists(), final
+
+
+def test_an_unreachable_redis_is_503_not_500(tenant: Tenant) -> None:
+    from portal.localservices import free_port
+
+    dead = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+        }
+    }
+    with override_settings(CACHES=dead):
+        response = tenant.client.get(DELIVERIES)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response["Retry-After"]

@@ -197,3 +197,31 @@ def test_a_mail_outage_delays_the_email_but_never_fails_the_delivery(tenant: Ten
     assert delivery.status == "assigned"
     assert delivery.eta_notified_at is None
     assert queue_length() == before + 1  # the email's own task, retried apart
+
+
+@pytest.mark.django_db
+def test_a_message_for_an_unknown_delivery_is_harmless() -> None:
+    import uuid
+
+    # Deleted, or another environment's: nothing happens, nothing is retried.
+    assert delivery_process.apply(kwargs={"delivery_id": str(uuid.uuid4())}).get() == "gone"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_retry_restarts_the_waiting_clock_and_keeps_the_creation_time(
+    tenant: Tenant,
+) -> None:
+    (drone,) = make_fleet(1)
+    Drone.objects.filter(pk=drone.pk).update(state=Drone.State.CHARGING)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    # It waited past the limit and failed.
+    Delivery.objects.filter(pk=delivery.id).update(created_at=timezone.now() - timedelta(hours=3))
+    DeliveryEvent.objects.filter(delivery=delivery).update(at=timezone.now() - timedelta(hours=3))
+    assert services.delivery_assign(delivery_id=delivery.id).result == "done"
+    assert Delivery.objects.get(pk=delivery.id).status == "failed"
+
+    retried = services.delivery_retry(delivery_id=delivery.id)
+    assert retried.created_at < timezone.now() - timedelta(hours=2)  # not rewritten
+    # Waiting again counts from the retry, so it waits instead of failing at once.
+    outcome = services.delivery_assign(delivery_id=delivery.id, attempt=retried.attempts)
+    assert outcome.result == "wait"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -239,10 +238,3 @@ def test_requests_arriving_while_the_broker_is_down_are_processed_once_it_is_bac
             stop_process_group(beat)
         beat_log.close()
         broker.stop()
-
-
-def test_an_unknown_delivery_message_is_harmless(worker: Any, transactional_db: None) -> None:
-    from workers.tasks import delivery_process
-
-    # A message for a delivery that does not exist (deleted, or another environment's).
-    assert delivery_process.run(str(uuid.uuid4())) == "gone"
