@@ -3,12 +3,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.cache import cache
 from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
 from businesses.models import Business, BusinessAPIKey
-from businesses.services import api_key_cache_key
+from businesses.services import api_key_forget
 
 
 class APIKeyInline(admin.TabularInline):
@@ -41,4 +40,4 @@ class BusinessAPIKeyAdmin(APIKeyModelAdmin):
         self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False
     ) -> None:
         super().save_model(request, obj, form, change)
-        cache.delete(api_key_cache_key(obj.prefix))  # a revocation takes effect at once
+        api_key_forget(obj.prefix)  # a revocation takes effect at once

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from django.core.cache import cache
 from django.db import transaction
+from django_redis import get_redis_connection
 
 from businesses.models import Business, BusinessAPIKey
 from portal.errors import NotFound
@@ -28,10 +28,15 @@ def api_key_revoke(*, business: Business, prefix: str) -> BusinessAPIKey:
     if not api_key.revoked:
         api_key.revoked = True
         api_key.save(update_fields=["revoked"])
-    # Authentication caches verified keys for a few seconds; a revoked key stops at once.
-    cache.delete(api_key_cache_key(prefix))
+    api_key_forget(prefix)
     return api_key
 
 
 def api_key_cache_key(prefix: str) -> str:
     return f"apikey:{prefix}"
+
+
+def api_key_forget(prefix: str) -> None:
+    """Authentication keeps verified keys in Redis for a few seconds: drop one, so that its
+    revocation, or its business's deactivation, takes effect at once."""
+    get_redis_connection("default").delete(api_key_cache_key(prefix))

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
 from drones.geo import Point
-from portal.api import Pagination
+from portal.api import Pagination, validated
 from portal.errors import NotFound
 
 # --- input ------------------------------------------------------------------------------------
@@ -327,11 +327,9 @@ class QuoteCreateApi(APIView):
         responses={200: QuoteOut, **ERRORS},
     )
     def post(self, request: Request) -> Response:
-        serializer = DeliveryIn(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(DeliveryIn, request.data)
         quote = services.quote_create(
-            business_id=_business_id(request),
-            request=delivery_request_from(serializer.validated_data),
+            business_id=_business_id(request), request=delivery_request_from(data)
         )
         return Response(QuoteOut(quote).data, status=status.HTTP_200_OK)
 
@@ -366,9 +364,7 @@ class DeliveryListCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         def produce() -> services.StoredResponse:
-            serializer = DeliveryIn(data=request.data)
-            serializer.is_valid(raise_exception=True)
-            data = serializer.validated_data
+            data = validated(DeliveryIn, request.data)
             delivery = services.delivery_create(
                 business_id=_business_id(request),
                 request=delivery_request_from(data),
@@ -396,9 +392,7 @@ class DeliveryDetailApi(APIView):
         responses={200: DeliveryOut, **ERRORS},
     )
     def patch(self, request: Request, delivery_id: str) -> Response:
-        serializer = RescheduleIn(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated(RescheduleIn, request.data)
         delivery = services.delivery_reschedule(
             business_id=_business_id(request),
             delivery_id=_delivery_id(delivery_id),

@@ -144,10 +144,12 @@ class Quote(models.Model):
 
 
 class OutboxMessage(models.Model):
-    """A workflow message stored in the same transaction as what it is about.
+    """A workflow message the broker refused when it was first published (the broker was down).
 
-    Published after commit; the relay on beat publishes what was stored but not published
-    (the broker was down), so an accepted request is never lost.
+    The relay on beat publishes it again until the broker takes it. The message's first record
+    is the committed row it is about (a delivery in `requested`), which the sweeper republishes
+    if the process died before even this row could be written; so an accepted request is never
+    lost.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -266,44 +266,41 @@ def delivery_create(
 
 
 def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
-    """In the caller's transaction: an outbox message, published once the transaction commits.
+    """In the caller's transaction: publish the workflow message once the transaction commits.
 
-    It is stored as published, so that the usual case costs no second write: a failed publish
-    clears the mark for the relay. A process that dies between commit and publish leaves a
-    delivery in `requested` with no next attempt, which the sweeper republishes.
+    The committed delivery row is the outbox record: a delivery in `requested` whose next
+    attempt is overdue is republished by the sweeper, so a process that dies between commit
+    and publish loses nothing. A publish the broker refuses is stored as an OutboxMessage for
+    the relay, which tries again within seconds rather than the sweeper's minutes. The usual
+    case so costs no write beyond the delivery and its event.
     """
-    message = OutboxMessage.objects.create(
-        task=WORKFLOW_TASK,
-        payload={"delivery_id": str(delivery_id), "attempt": attempt},
-        published_at=timezone.now(),
-    )
+    payload = {"delivery_id": str(delivery_id), "attempt": attempt}
     # robust: the request is committed and answered 202 whatever happens here; outbox_publish
     # handles the broker, and a database failure after commit is left to the sweeper.
-    transaction.on_commit(
-        lambda: outbox_publish(
-            message_id=message.id, task=message.task, payload=message.payload, marked=True
-        ),
-        robust=True,
-    )
+    transaction.on_commit(lambda: outbox_publish(task=WORKFLOW_TASK, payload=payload), robust=True)
 
 
-def outbox_publish(
-    *, message_id: UUID, task: str, payload: dict[str, Any], marked: bool = False
-) -> bool:
-    """Send one outbox message to the broker; on failure leave it for the relay."""
+def outbox_publish(*, task: str, payload: dict[str, Any], message_id: UUID | None = None) -> bool:
+    """Send one message to the broker; on failure keep it in the outbox for the relay.
+
+    `message_id` is the stored message being relayed, None for a first attempt."""
     from portal.celery import app
 
     try:
-        app.send_task(task, kwargs=payload, retry=False)
+        # The log representations given, or Celery computes them with its size-bounded repr,
+        # a tenth of the publish; a payload of two ids is short.
+        app.send_task(task, kwargs=payload, retry=False, argsrepr="()", kwargsrepr=repr(payload))
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the message for the relay
-        logger.warning("outbox message %s not published, the relay will retry: %s", message_id, exc)
-        OutboxMessage.objects.filter(pk=message_id).update(
-            published_at=None,
-            attempts=F("attempts") + 1,
-            last_error=f"{type(exc).__name__}: {exc}"[:300],
-        )
+        logger.warning("%s %s not published, the relay will retry: %s", task, payload, exc)
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        if message_id is None:
+            OutboxMessage.objects.create(task=task, payload=payload, attempts=1, last_error=error)
+        else:
+            OutboxMessage.objects.filter(pk=message_id).update(
+                attempts=F("attempts") + 1, last_error=error
+            )
         return False
-    if not marked:
+    if message_id is not None:
         OutboxMessage.objects.filter(pk=message_id).update(published_at=timezone.now())
     return True
 
@@ -319,7 +316,7 @@ def outbox_relay(*, older_than_seconds: float = 5.0, batch: int = 500) -> int:
     published = 0
     for message in pending:
         if outbox_publish(
-            message_id=message["id"], task=message["task"], payload=message["payload"]
+            task=message["task"], payload=message["payload"], message_id=message["id"]
         ):
             published += 1
         else:
@@ -367,6 +364,7 @@ class AssignOutcome:
     delivery: Delivery | None = None
     retry_in: float = 0.0
     attempt: int = 0
+    drone_serial: str = ""
 
 
 def _point(lat: float, lon: float) -> Point:
@@ -379,7 +377,8 @@ def delivery_assign(
     """Reserve the best drone and mark the delivery assigned, in one transaction.
 
     Safe to run twice and concurrently: the drone claim and the status change are both
-    compare-and-swaps, and a stale attempt (another message already moved on) does nothing.
+    compare-and-swaps, committed together, and a stale attempt (another message already moved
+    on) does nothing. The search for the drone runs before that short transaction.
     `delivery` spares a read when the caller has just loaded it; the swaps check it still holds.
     """
     if delivery is None:
@@ -389,37 +388,40 @@ def delivery_assign(
     if delivery.attempts != attempt:
         return AssignOutcome("done", delivery)  # a newer message carries this delivery on
     now = timezone.now()
-    pickup = _point(delivery.pickup_lat, delivery.pickup_lon)
-    dropoff = _point(delivery.dropoff_lat, delivery.dropoff_lon)
+
+    def record(plan: FlightPlan) -> None:
+        """In the drone claim's transaction: the delivery's side of the booking."""
+        if delivery.deadline is not None and plan.dropoff_eta > delivery.deadline:
+            raise _DeadlineMissed(plan)
+        changed = Delivery.objects.filter(
+            pk=delivery.id, status=Status.REQUESTED, attempts=attempt
+        ).update(
+            status=Status.ASSIGNED,
+            drone_id=plan.drone_id,
+            pickup_eta=plan.pickup_eta,
+            dropoff_eta=plan.dropoff_eta,
+            next_attempt_at=None,
+            updated_at=now,
+        )
+        if not changed:
+            # Cancelled or taken on by another message meanwhile: undo the drone claim.
+            raise _Superseded
+        DeliveryEvent.objects.create(
+            delivery=delivery, status=Status.ASSIGNED, at=now, note=f"drone {plan.drone_serial}"
+        )
+
     try:
-        with transaction.atomic():
-            plan = drone_reserve(
-                delivery_id=delivery.id,
-                pickup=pickup,
-                dropoff=dropoff,
-                weight_kg=delivery.package_weight_kg,
-                start=now,
-                not_before=delivery.pickup_time,
-            )
-            if delivery.deadline is not None and plan.dropoff_eta > delivery.deadline:
-                raise _DeadlineMissed(plan)
-            changed = Delivery.objects.filter(
-                pk=delivery.id, status=Status.REQUESTED, attempts=attempt
-            ).update(
-                status=Status.ASSIGNED,
-                drone_id=plan.drone_id,
-                pickup_eta=plan.pickup_eta,
-                dropoff_eta=plan.dropoff_eta,
-                next_attempt_at=None,
-                updated_at=now,
-            )
-            if not changed:
-                # Cancelled or taken on by another message meanwhile: undo the drone claim.
-                transaction.set_rollback(True)
-                return AssignOutcome("done", delivery)
-            DeliveryEvent.objects.create(
-                delivery=delivery, status=Status.ASSIGNED, at=now, note=f"drone {plan.drone_serial}"
-            )
+        plan = drone_reserve(
+            delivery_id=delivery.id,
+            pickup=_point(delivery.pickup_lat, delivery.pickup_lon),
+            dropoff=_point(delivery.dropoff_lat, delivery.dropoff_lon),
+            weight_kg=delivery.package_weight_kg,
+            start=now,
+            not_before=delivery.pickup_time,
+            then=record,
+        )
+    except _Superseded:
+        return AssignOutcome("done", delivery)
     except DeliveryImpossible as exc:
         delivery_fail(delivery_id=delivery.id, reason=exc.message)
         return AssignOutcome("done", delivery)
@@ -432,8 +434,16 @@ def delivery_assign(
     delivery.drone_id = plan.drone_id
     delivery.pickup_eta, delivery.dropoff_eta = plan.pickup_eta, plan.dropoff_eta
     delivery.next_attempt_at, delivery.updated_at = None, now
-    live.status_write(delivery)
-    return AssignOutcome("assigned", delivery)
+    # A free drone is idle, on the ground: no need to read its position back.
+    position = plan.drone_position
+    live.status_write(
+        delivery, drone_location=(position.lat, position.lon, 0.0) if position else None
+    )
+    return AssignOutcome("assigned", delivery, drone_serial=plan.drone_serial)
+
+
+class _Superseded(Exception):
+    """The delivery changed under the workflow (cancelled, or another message moved it on)."""
 
 
 class _DeadlineMissed(Exception):
@@ -491,10 +501,13 @@ def delivery_fail(*, delivery_id: UUID, reason: str) -> bool:
     return True
 
 
-def delivery_notify_eta(*, delivery_id: UUID, delivery: Delivery | None = None) -> bool:
+def delivery_notify_eta(
+    *, delivery_id: UUID, delivery: Delivery | None = None, drone_serial: str | None = None
+) -> bool:
     """Email the customer the ETA once; a redelivered message does not send it again.
 
-    `delivery` spares a read when the workflow has the record it has just assigned."""
+    `delivery` (with its business) and `drone_serial` spare reads when the workflow has just
+    assigned the delivery."""
     if delivery is None:
         delivery = (
             Delivery.objects.select_related("business", "drone").filter(pk=delivery_id).first()
@@ -510,11 +523,13 @@ def delivery_notify_eta(*, delivery_id: UUID, delivery: Delivery | None = None) 
         return False
     tracking = f"{settings.PUBLIC_BASE_URL}/track/{delivery.tracking_token}"
     eta = delivery.dropoff_eta.strftime("%Y-%m-%d %H:%M %Z") if delivery.dropoff_eta else "soon"
+    if drone_serial is None:
+        drone_serial = delivery.drone.serial if delivery.drone else ""
     send_mail(
         subject=f"Your drone delivery arrives around {eta}",
         message=(
             f"Hello {delivery.recipient_name or delivery.business.name},\n\n"
-            f"Drone {delivery.drone.serial if delivery.drone else ''} is assigned to your "
+            f"Drone {drone_serial} is assigned to your "
             f"delivery {delivery.id}.\nPickup around {delivery.pickup_eta:%H:%M %Z}, "
             f"dropoff around {eta}.\n\nFollow it live: {tracking}\n"
         ),

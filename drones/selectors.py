@@ -55,6 +55,8 @@ class FlightPlan:
     dropoff_to_base_km: float
     pickup_eta: datetime
     dropoff_eta: datetime
+    # Where the drone is now, when the search read it: free drones are idle, on the ground.
+    drone_position: Point | None = None
 
     @property
     def total_km(self) -> float:
@@ -76,12 +78,7 @@ def delivery_impossible_reason(
     this process's memory, that old at most: the API's early refusal uses it, since the shape
     changes when drones are bought, not per request; the workflow asks without it.
     """
-    if max_age_seconds > 0:
-        pairs = _populated_pairs(max_age_seconds)
-        any_drone_of: Any = bool
-    else:
-        pairs = _fleet_pairs()
-        any_drone_of = _any_drone_of
+    pairs = _populated_pairs(max_age_seconds) if max_age_seconds > 0 else _fleet_pairs()
     heaviest = max((p.model.max_payload_kg for p in pairs if p.model.has_drones), default=None)
     if heaviest is None:
         return "There are no drones in the fleet."
@@ -91,19 +88,25 @@ def delivery_impossible_reason(
             f"is {heaviest:g} kg."
         )
     leg_km = distance_km(pickup, dropoff)
-    trips, within_range = [], []
-    for pair in pairs:
-        if pair.model.has_drones and pair.model.max_payload_kg >= weight_kg:
-            trip_km = distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
-            usable_km = _usable_km(pair.model, battery_pct=100.0)
-            trips.append((trip_km, usable_km))
-            if trip_km <= usable_km:
-                within_range.append(pair)
-    if any_drone_of(within_range):
+    able = [p for p in pairs if p.model.has_drones and p.model.max_payload_kg >= weight_kg]
+
+    def trip_km(pair: _Pair) -> float:
+        return distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
+
+    def in_range(pair: _Pair) -> bool:
+        return trip_km(pair) <= _usable_km(pair.model, battery_pct=100.0)
+
+    if max_age_seconds > 0:
+        # Every remembered pair has drones: the first one within range settles it.
+        if any(in_range(pair) for pair in able):
+            return None
+    elif _any_drone_of([pair for pair in able if in_range(pair)]):
         return None
+    shortest_km = min(trip_km(pair) for pair in able)
+    longest_km = max(_usable_km(pair.model, battery_pct=100.0) for pair in able)
     return (
-        f"The shortest trip base → pickup → dropoff → base is {min(trips)[0]:.1f} km; "
-        f"a drone able to carry {weight_kg:g} kg flies at most {max(u for _, u in trips):.1f} km "
+        f"The shortest trip base → pickup → dropoff → base is {shortest_km:.1f} km; "
+        f"a drone able to carry {weight_kg:g} kg flies at most {longest_km:.1f} km "
         f"keeping the {battery_reserve_pct():g} % battery reserve."
     )
 
@@ -210,6 +213,7 @@ def drone_plan_for(
         to_pickup_km=to_pickup_km,
         leg_km=distance_km(pickup, dropoff),
         to_base_km=distance_km(dropoff, Point(base_lat, base_lon)),
+        position=Point(lat, lon),
     )
     return _plan(candidate, start=start, not_before=not_before)
 
@@ -254,6 +258,7 @@ class _Candidate:
     to_pickup_km: float
     leg_km: float
     to_base_km: float
+    position: Point | None = None
 
 
 # (id, serial (None when not read), lat, lon, model_id, battery_pct, base_id)
@@ -478,7 +483,8 @@ def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:
     best: _Candidate | None = None
     for drone_id, serial, lat, lon, model_id, battery_pct, base_id in rows:
         model = trip.models[model_id]
-        to_pickup_km = distance_km(Point(lat, lon), trip.pickup)
+        position = Point(lat, lon)
+        to_pickup_km = distance_km(position, trip.pickup)
         needed_km = to_pickup_km + trip.leg_km + trip.to_base[base_id]
         if needed_km > _usable_km(model, battery_pct=battery_pct):
             continue
@@ -493,6 +499,7 @@ def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:
                 to_pickup_km=to_pickup_km,
                 leg_km=trip.leg_km,
                 to_base_km=trip.to_base[base_id],
+                position=position,
             ),
         )
     return best
@@ -534,4 +541,5 @@ def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None
         dropoff_to_base_km=candidate.to_base_km,
         pickup_eta=pickup_eta,
         dropoff_eta=pickup_eta + timedelta(hours=candidate.leg_km / candidate.speed_kmh),
+        drone_position=candidate.position,
     )

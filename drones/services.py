@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -49,19 +50,49 @@ def drone_reserve(
     weight_kg: float,
     start: datetime,
     not_before: datetime | None = None,
+    then: Callable[[FlightPlan], None] | None = None,
 ) -> FlightPlan:
     """Book the best free drone for the delivery and return its flight plan.
 
-    Idempotent: a delivery that already has a drone gets that drone's plan again. Runs inside
-    the caller's transaction; a booking becomes visible to others when the caller commits.
-    Raises DeliveryImpossible when no drone could ever make the delivery, NoDroneFree when
-    drones could but none is free now.
+    The search only reads, outside any transaction of this call's; each claim is a
+    compare-and-swap in a short transaction of its own (a savepoint when the caller has one),
+    together with `then(plan)`, with which the caller records the booking on its side. If
+    `then` raises, the claim is undone with what it wrote. So the write lock (SQLite's one
+    writer, PostgreSQL's row locks) is held for a few statements, not for the search.
+
+    Idempotent: a delivery that already has a drone gets that drone's plan again (the unique
+    booking column says so when a second claim is tried). Raises DeliveryImpossible when no
+    drone could ever make the delivery, NoDroneFree when drones could but none is free now.
     """
-    booked = _booked_plan(
-        delivery_id=delivery_id, pickup=pickup, dropoff=dropoff, start=start, not_before=not_before
-    )
-    if booked is not None:
-        return booked
+
+    def book(plan: FlightPlan) -> FlightPlan | None:
+        try:
+            with transaction.atomic():
+                if not _claim(drone_id=plan.drone_id, delivery_id=delivery_id):
+                    return None  # another delivery took it between our read and our write
+                if then is not None:
+                    then(plan)
+                return plan
+        except IntegrityError:
+            # Only assigned_delivery_id is unique among the columns written: this delivery
+            # already has a drone (a redelivered message, or another worker got there first).
+            booked = booked_plan()
+            if booked is None:
+                raise
+            with transaction.atomic():
+                if then is not None:
+                    then(booked)
+            return booked
+
+    def booked_plan() -> FlightPlan | None:
+        return _booked_plan(
+            delivery_id=delivery_id,
+            pickup=pickup,
+            dropoff=dropoff,
+            start=start,
+            not_before=not_before,
+        )
+
     lost: set[UUID] = set()
     for _ in range(MAX_CLAIM_ATTEMPTS):
         plan = drone_plan_best(
@@ -74,25 +105,17 @@ def drone_reserve(
         )
         if plan is None:
             break
-        try:
-            claimed = _claim(drone_id=plan.drone_id, delivery_id=delivery_id)
-        except IntegrityError:
-            # Only assigned_delivery_id is unique among the columns written: another worker
-            # booked a drone for this same delivery and committed first.
-            booked = _booked_plan(
-                delivery_id=delivery_id,
-                pickup=pickup,
-                dropoff=dropoff,
-                start=start,
-                not_before=not_before,
-            )
-            if booked is None:
-                raise
+        booked = book(plan)
+        if booked is not None:
             return booked
-        if claimed:
-            return plan
-        # Another delivery took it between our read and our write.
         lost.add(plan.drone_id)
+    # Nothing free to claim: unless this delivery has had its drone all along.
+    booked = booked_plan()
+    if booked is not None:
+        with transaction.atomic():
+            if then is not None:
+                then(booked)
+        return booked
     if lost:
         logger.info("delivery %s lost the race for %d drones", delivery_id, len(lost))
     else:
@@ -104,18 +127,18 @@ def drone_reserve(
 
 
 def _claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
-    """Compare-and-swap: book the drone if it is still free; False if someone else has it."""
+    """Compare-and-swap: book the drone if it is still free; False if someone else has it.
+
+    Where rows can be locked, a drone another transaction is claiming right now is passed
+    over at once (SKIP LOCKED) rather than waited for; SQLite has one writer at a time anyway.
+    """
     free = Drone.objects.filter(
         pk=drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
     )
-    # A savepoint: a unique violation must not break the caller's transaction. Where rows
-    # can be locked, a drone another transaction is claiming right now is passed over at once
-    # (SKIP LOCKED) rather than waited for; SQLite has one writer at a time anyway.
-    with transaction.atomic():
-        locked = free.select_for_update(skip_locked=True).order_by().values("pk")
-        claimed = free.filter(pk__in=locked).update(
-            assigned_delivery_id=delivery_id, updated_at=timezone.now()
-        )
+    locked = free.select_for_update(skip_locked=True).order_by().values("pk")
+    claimed = free.filter(pk__in=locked).update(
+        assigned_delivery_id=delivery_id, updated_at=timezone.now()
+    )
     return claimed == 1
 
 

@@ -12,7 +12,7 @@ from celery.signals import beat_init, task_postrun, task_prerun, worker_process_
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("fabrikam")
-app.config_from_object("django.conf:settings", namespace="CELERY")
+app.config_from_object("portal.celeryconfig:CONFIG", namespace="CELERY")
 app.autodiscover_tasks(["workers"])
 
 

@@ -73,10 +73,15 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
             return "waiting"
         if outcome.result != "assigned":
             return "done"
+        drone_serial: str | None = outcome.drone_serial
+    else:
+        drone_serial = None
     # Also on a redelivered message whose first run died after assigning.
     if delivery.status == Delivery.Status.ASSIGNED and delivery.eta_notified_at is None:
         try:
-            services.delivery_notify_eta(delivery_id=delivery_id, delivery=delivery)
+            services.delivery_notify_eta(
+                delivery_id=delivery_id, delivery=delivery, drone_serial=drone_serial
+            )
         except Exception as exc:  # noqa: BLE001 - a mail outage must not fail the delivery
             logger.warning("delivery %s: ETA email failed, retried apart: %s", delivery_id, exc)
             delivery_notify.delay(str(delivery_id))

@@ -124,23 +124,14 @@ def test_a_drone_taken_between_choice_and_claim_is_passed_over(
     assert Drone.objects.get(pk=nearest.pk).assigned_delivery_id == rival
 
 
-def test_a_delivery_booked_concurrently_gets_that_booking_and_the_transaction_survives(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_delivery_booked_concurrently_gets_that_booking_and_the_transaction_survives() -> None:
     model = drone_model()
     free = drone(model, base())
     already = drone(model, base(offset(HERE, east_km=3.0)))
     delivery_id = uuid.uuid4()
+    # Another worker booked the farther drone for this delivery: claiming the nearer one
+    # breaks the unique booking column, which is how the search learns of that booking.
     Drone.objects.filter(pk=already.pk).update(assigned_delivery_id=delivery_id)
-    real_booked_plan = services._booked_plan
-    calls = []
-
-    def not_booked_yet(**kwargs: object) -> FlightPlan | None:
-        # The first look happens before the other worker commits its booking.
-        calls.append(kwargs)
-        return None if len(calls) == 1 else real_booked_plan(**kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(services, "_booked_plan", not_booked_yet)
 
     with transaction.atomic():
         plan = drone_reserve(
@@ -150,6 +141,28 @@ def test_a_delivery_booked_concurrently_gets_that_booking_and_the_transaction_su
 
     assert plan.drone_id == already.pk
     assert Drone.objects.get(pk=free.pk).assigned_delivery_id is None
+
+
+def test_what_the_caller_records_with_a_claim_is_undone_with_it_when_it_fails() -> None:
+    model = drone_model()
+    only = drone(model, base())
+    delivery_id = uuid.uuid4()
+
+    def refuse(plan: FlightPlan) -> None:
+        Base.objects.create(name="written with the claim", lat=0.0, lon=0.0)
+        raise RuntimeError("the caller's side failed")
+
+    with pytest.raises(RuntimeError):
+        drone_reserve(
+            delivery_id=delivery_id,
+            pickup=PICKUP,
+            dropoff=DROPOFF,
+            weight_kg=1.0,
+            start=START,
+            then=refuse,
+        )
+    assert Drone.objects.get(pk=only.pk).assigned_delivery_id is None
+    assert not Base.objects.filter(name="written with the claim").exists()
 
 
 def test_releasing_frees_the_drone_once() -> None:
