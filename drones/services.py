@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from drones.geo import EARTH_RADIUS_KM, Point
@@ -135,10 +135,9 @@ def _claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
     free = Drone.objects.filter(
         pk=drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
     )
-    locked = free.select_for_update(skip_locked=True).order_by().values("pk")
-    claimed = free.filter(pk__in=locked).update(
-        assigned_delivery_id=delivery_id, updated_at=timezone.now()
-    )
+    if connection.features.has_select_for_update_skip_locked:
+        free = free.filter(pk__in=free.select_for_update(skip_locked=True).order_by().values("pk"))
+    claimed = free.update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
     return claimed == 1
 
 
