@@ -28,6 +28,7 @@ from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, Outbox
 from drones.geo import Point, distance_km
 from drones.selectors import FlightPlan, delivery_impossible_reason, drone_plan_best
 from drones.services import DeliveryImpossible, NoDroneFree, drone_release, drone_reserve
+from portal.db import insert
 from portal.errors import Conflict, NotFound, Unprocessable
 
 logger = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def delivery_create(
         else None
     )
     with transaction.atomic():
-        delivery = Delivery.objects.create(
+        delivery = Delivery(
             business_id=business_id,
             pickup_lat=request.pickup.point.lat,
             pickup_lon=request.pickup.point.lon,
@@ -260,7 +261,8 @@ def delivery_create(
             price_amount=quote.price_amount if quote else price_for(request),
             price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
         )
-        DeliveryEvent.objects.create(delivery=delivery, status=Status.REQUESTED, at=now)
+        insert(delivery)
+        insert(DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now))
         _workflow_enqueue(delivery_id=delivery.id)
     return delivery
 
