@@ -286,12 +286,10 @@ def outbox_publish(*, task: str, payload: dict[str, Any], message_id: UUID | Non
     """Send one message to the broker; on failure keep it in the outbox for the relay.
 
     `message_id` is the stored message being relayed, None for a first attempt."""
-    from portal.celery import app
+    from portal import broker
 
     try:
-        # The log representations given, or Celery computes them with its size-bounded repr,
-        # a tenth of the publish; a payload of two ids is short.
-        app.send_task(task, kwargs=payload, retry=False, argsrepr="()", kwargsrepr=repr(payload))
+        broker.send_task(task, payload)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the message for the relay
         logger.warning("%s %s not published, the relay will retry: %s", task, payload, exc)
         error = f"{type(exc).__name__}: {exc}"[:300]

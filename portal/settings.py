@@ -272,6 +272,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+if CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport, with one client per channel rather than one per message.
+    CELERY_BROKER_TRANSPORT = "portal.broker:RedisTransport"
 if CELERY_BROKER_URL.startswith(("redis", "rediss")):
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         {
