@@ -17,31 +17,27 @@ from typing import Any
 # (label, module file suffix, function name): cumulative time of every call of that function.
 REQUEST_LAYERS = [
     ("authentication (Redis key cache, sha512)", "businesses/auth.py", "authenticate"),
-    ("throttle (Redis INCR + EXPIRE)", "businesses/auth.py", "allow_request"),
-    ("input serializer", "rest_framework/serializers.py", "is_valid"),
+    ("throttle (Redis INCR)", "businesses/auth.py", "allow_request"),
+    ("input serializer", "portal/api.py", "validated"),
     ("delivery_create", "deliveries/services.py", "delivery_create"),
     (
-        "  of which feasibility check (fleet queries)",
+        "  of which feasibility check (fleet shape)",
         "deliveries/services.py",
         "delivery_request_check",
     ),
-    (
-        "  of which the inserts (delivery, event, outbox)",
-        "django/db/models/manager.py",
-        "manager_method",
-    ),
+    ("  of which the inserts (delivery, event)", "portal/db.py", "insert"),
     ("  of which publish after commit", "deliveries/services.py", "outbox_publish"),
     ("    of which Celery send_task", "celery/app/base.py", "send_task"),
-    ("    of which outbox published_at UPDATE", "django/db/models/query.py", "update"),
     ("output document", "deliveries/api.py", "delivery_document"),
 ]
 WORKFLOW_LAYERS = [
     ("package document (MongoDB upsert)", "packages/services.py", "package_upsert"),
     ("delivery_assign", "deliveries/services.py", "delivery_assign"),
     ("  of which drone_reserve", "drones/services.py", "drone_reserve"),
+    ("    of which the search", "drones/selectors.py", "drone_plan_best"),
+    ("    of which claim + delivery update + event", "drones/services.py", "book"),
     ("  of which live status (Redis)", "deliveries/live.py", "status_write"),
-    ("  of which refresh_from_db", "django/db/models/base.py", "refresh_from_db"),
-    ("notify task publish", "celery/app/task.py", "delay"),
+    ("ETA email", "deliveries/services.py", "delivery_notify_eta"),
 ]
 
 
