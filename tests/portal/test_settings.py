@@ -77,3 +77,22 @@ def test_a_boolean_setting_refuses_anything_but_true_or_false() -> None:
     result = manage("check", env={**PRODUCTION, "EMAIL_USE_TLS": "maybe"})
     assert result.returncode != 0
     assert "EMAIL_USE_TLS must be true or false" in result.stderr
+
+
+def database_options(**env: str) -> str:
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; "
+        "print(sorted(settings.DATABASES['default']['OPTIONS'].items()))",
+        env={**PRODUCTION, **env},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_postgresql_statements_are_prepared_unless_turned_off_for_pgbouncer() -> None:
+    prepared = database_options()
+    assert "('prepare_threshold', 5)" in prepared and "('server_side_binding', True)" in prepared
+    plain = database_options(DATABASE_PREPARE_THRESHOLD="0")
+    assert "prepare_threshold" not in plain and "server_side_binding" not in plain
