@@ -28,7 +28,7 @@ from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, Outbox
 from drones.geo import Point, distance_km
 from drones.selectors import FlightPlan, delivery_impossible_reason, drone_plan_best
 from drones.services import DeliveryImpossible, NoDroneFree, drone_release, drone_reserve
-from portal.db import insert
+from portal.db import execute, insert, prepare_insert
 from portal.errors import Conflict, NotFound, Unprocessable
 
 logger = logging.getLogger(__name__)
@@ -224,10 +224,12 @@ def _quote_for(*, business_id: UUID, quote_id: UUID, request: DeliveryRequest) -
 def delivery_create(
     *, business_id: UUID, request: DeliveryRequest, quote_id: UUID | None = None
 ) -> Delivery:
-    """Store the delivery, its first event and the workflow message in one transaction.
+    """Store the delivery and its first event in one transaction; publish the workflow
+    message after commit.
 
-    The message is published after commit; if the broker is down it stays in the outbox and the
-    relay publishes it later. A request that cannot be stored raises: it is never acknowledged.
+    If the broker is down the message goes to the outbox and the relay publishes it later (see
+    `_workflow_enqueue`). A request that cannot be stored raises: it is never acknowledged. The
+    rows are prepared before the transaction, which holds only their two INSERTs.
     """
     now = timezone.now()
     delivery_request_check(
@@ -238,31 +240,33 @@ def delivery_create(
         if quote_id
         else None
     )
+    delivery = Delivery(
+        business_id=business_id,
+        pickup_lat=request.pickup.point.lat,
+        pickup_lon=request.pickup.point.lon,
+        pickup_address=request.pickup.address,
+        dropoff_lat=request.dropoff.point.lat,
+        dropoff_lon=request.dropoff.point.lon,
+        dropoff_address=request.dropoff.address,
+        package_size=request.package_size,
+        package_weight_kg=request.package_weight_kg,
+        package_tag=request.package_tag,
+        pickup_time=request.pickup_time,
+        deadline=request.deadline,
+        expedited=request.expedited,
+        confirmation_required=request.confirmation_required,
+        recipient_name=request.recipient.get("name", ""),
+        recipient_email=request.recipient.get("email", ""),
+        recipient_phone=request.recipient.get("phone", ""),
+        quote=quote,
+        price_amount=quote.price_amount if quote else price_for(request),
+        price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
+    )
+    rows = prepare_insert(
+        delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
+    )
     with transaction.atomic():
-        delivery = Delivery(
-            business_id=business_id,
-            pickup_lat=request.pickup.point.lat,
-            pickup_lon=request.pickup.point.lon,
-            pickup_address=request.pickup.address,
-            dropoff_lat=request.dropoff.point.lat,
-            dropoff_lon=request.dropoff.point.lon,
-            dropoff_address=request.dropoff.address,
-            package_size=request.package_size,
-            package_weight_kg=request.package_weight_kg,
-            package_tag=request.package_tag,
-            pickup_time=request.pickup_time,
-            deadline=request.deadline,
-            expedited=request.expedited,
-            confirmation_required=request.confirmation_required,
-            recipient_name=request.recipient.get("name", ""),
-            recipient_email=request.recipient.get("email", ""),
-            recipient_phone=request.recipient.get("phone", ""),
-            quote=quote,
-            price_amount=quote.price_amount if quote else price_for(request),
-            price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
-        )
-        insert(delivery)
-        insert(DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now))
+        execute(rows)
         _workflow_enqueue(delivery_id=delivery.id)
     return delivery
 
@@ -406,8 +410,10 @@ def delivery_assign(
         if not changed:
             # Cancelled or taken on by another message meanwhile: undo the drone claim.
             raise _Superseded
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=Status.ASSIGNED, at=now, note=f"drone {plan.drone_serial}"
+        insert(
+            DeliveryEvent(
+                delivery=delivery, status=Status.ASSIGNED, at=now, note=f"drone {plan.drone_serial}"
+            )
         )
 
     try:

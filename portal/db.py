@@ -18,23 +18,41 @@ from django.db.models import Model
 from django.db.models.sql import InsertQuery
 
 _statements: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
+Statement = tuple[str, list[Any]]
 
 
-def insert(instance: Model, *, using: str = "default") -> None:
-    """Insert `instance` as a new row, like `instance.save(force_insert=True)`."""
-    model = type(instance)
+def prepare_insert(*instances: Model, using: str = "default") -> list[Statement]:
+    """The INSERT statements and values of `instances`, ready for `execute`.
+
+    Preparing outside the transaction keeps the transaction, and SQLite's one write lock,
+    as short as the statements themselves."""
     connection = connections[using]
-    statement = _statements.get((using, model))
-    if statement is None:
-        meta = model._meta
-        fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
-        query = InsertQuery(model)
-        query.insert_values(fields, [instance], raw=False)
-        ((sql, _),) = query.get_compiler(connection=connection).as_sql()
-        statement = _statements[(using, model)] = (sql, fields)
-    sql, fields = statement
-    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-    instance._state.adding = False
-    instance._state.db = using
+    prepared = []
+    for instance in instances:
+        model = type(instance)
+        statement = _statements.get((using, model))
+        if statement is None:
+            meta = model._meta
+            fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+            query = InsertQuery(model)
+            query.insert_values(fields, [instance], raw=False)
+            ((sql, _),) = query.get_compiler(connection=connection).as_sql()
+            statement = _statements[(using, model)] = (sql, fields)
+        sql, fields = statement
+        prepared.append(
+            (sql, [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields])
+        )
+        instance._state.adding = False
+        instance._state.db = using
+    return prepared
+
+
+def execute(statements: list[Statement], *, using: str = "default") -> None:
+    with connections[using].cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+
+
+def insert(*instances: Model, using: str = "default") -> None:
+    """Insert `instances` as new rows, like `instance.save(force_insert=True)` for each."""
+    execute(prepare_insert(*instances, using=using), using=using)
