@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -329,7 +330,8 @@ def _any_drone_of(pairs: list[_Pair]) -> bool:
         ) AS pair{{}}
     """  # noqa: S608 - placeholders and table names only
     sql = " UNION ALL ".join(one.format(i) for i in range(len(pairs))) + " LIMIT 1"
-    params = [x for p in pairs for x in (_db_uuid(p.model.id), _db_uuid(p.base_id))]
+    db_uuid = _uuid_param()
+    params = [x for p in pairs for x in (db_uuid(p.model.id), db_uuid(p.base_id))]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None
@@ -368,11 +370,13 @@ def _home_sql(trip: _Trip, arms: list[_Arm]) -> tuple[str, list[Any]]:
             LIMIT 1
         ) AS home{{}}
     """  # noqa: S608 - placeholders and table names only
+    db_uuid = _uuid_param()
+    excluded = [db_uuid(v) for v in sorted(trip.exclude)]
     params: list[Any] = []
     for arm in arms:
         pair = arm.pair
-        params += [Drone.State.IDLE.value, _db_uuid(pair.base_id), _db_uuid(pair.model.id)]
-        params += [pair.base.lat, pair.base.lon, arm.min_battery_pct, *_db_uuids(trip.exclude)]
+        params += [Drone.State.IDLE.value, db_uuid(pair.base_id), db_uuid(pair.model.id)]
+        params += [pair.base.lat, pair.base.lon, arm.min_battery_pct, *excluded]
     return " UNION ALL ".join(one.format(i) for i in range(len(arms))), params
 
 
@@ -401,6 +405,7 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     """Step 2: free drones not at their base, within the box, that seem to have the battery for
     the trip, by estimated time to the pickup (squared, in hours). Only columns of the search
     index, so that it is read alone; the serial of a drone chosen here is read afterwards."""
+    db_uuid = _uuid_param()
     lat0, lon0 = trip.pickup.lat, trip.pickup.lon
     dlat_deg = math.degrees(half_width_km / EARTH_RADIUS_KM)
     where = ["state = %s", "assigned_delivery_id IS NULL", "lat >= %s", "lat <= %s"]
@@ -415,15 +420,15 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
         params += [lon0 - dlon_deg, lon0 + dlon_deg]
     models, bases = list(trip.models.values()), list(trip.to_base)
     where.append(f"model_id IN ({', '.join(['%s'] * len(models))})")
-    params += [_db_uuid(m.id) for m in models]
+    params += [db_uuid(m.id) for m in models]
     # Step 1 counted the drones at their base; this is checked from the index alone. (No
     # "base_id IN": the planner would then scan every drone of those bases by the other index;
     # a drone of another base gets no budget below and is left out all the same.)
     where.append(f"NOT ({' OR '.join(['(base_id = %s AND lat = %s AND lon = %s)'] * len(bases))})")
     for base_id in bases:
-        params += [_db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
+        params += [db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
     where.append(_not_in("id", trip.exclude).removeprefix("AND ") or "1 = 1")
-    params += _db_uuids(trip.exclude)
+    params += [db_uuid(v) for v in sorted(trip.exclude)]
     # Equirectangular distance with the cosine taken at the mid latitude, to first order
     # (cos(lat0 + d/2) ≈ cos(lat0) - sin(lat0)·d/2): plain arithmetic, so SQLite needs no
     # functions, and within 1e-5 of the haversine distance at a few hundred km.
@@ -434,9 +439,9 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     km2_params = [lat0, lat0, *dx_params, *dx_params, KM_PER_DEGREE**2]
     per_model = " ".join([f"WHEN %s THEN {_F}"] * len(models))
     per_base = " ".join([f"WHEN %s THEN {_F}"] * len(bases))
-    km_per_pct = [x for m in models for x in (_db_uuid(m.id), m.range_km / 100)]
-    hours2_per_km2 = [x for m in models for x in (_db_uuid(m.id), 1 / m.cruise_speed_kmh**2)]
-    home_km = [x for b in bases for x in (_db_uuid(b), trip.to_base[b])]
+    km_per_pct = [x for m in models for x in (db_uuid(m.id), m.range_km / 100)]
+    hours2_per_km2 = [x for m in models for x in (db_uuid(m.id), 1 / m.cruise_speed_kmh**2)]
+    home_km = [x for b in bases for x in (db_uuid(b), trip.to_base[b])]
     # budget: what the battery leaves for the flight to the pickup once the leg to the
     # dropoff and the flight home are paid; the estimate must fit in it.
     sql = f"""
@@ -514,15 +519,13 @@ def _sooner(a: _Candidate | None, b: _Candidate | None) -> _Candidate | None:
     return a if key_a <= key_b else b
 
 
-_UUID_FIELD = Drone._meta.get_field("id")
-
-
-def _db_uuid(value: UUID) -> Any:
-    return _UUID_FIELD.get_db_prep_value(value, connection)
-
-
-def _db_uuids(values: frozenset[UUID] | list[UUID]) -> list[Any]:
-    return [_db_uuid(v) for v in sorted(values)]
+def _uuid_param() -> Callable[[UUID], Any]:
+    """How this database takes a UUID parameter: as is, or as the 32 hex digits Django's
+    UUIDField stores (SQLite). Asked once per query built, since reaching the connection
+    costs more than converting the few dozen ids of a search."""
+    if connection.features.has_native_uuid_field:
+        return lambda value: value
+    return lambda value: value.hex
 
 
 def _uuid(value: object) -> UUID:
