@@ -1,6 +1,6 @@
 """`make bench`: ingestion through gunicorn, deliveries assigned per second, drone choice.
 
-    .venv/bin/python bench/run.py [--deliveries 1000] [--seconds 3] [--rounds 3] [--skip PHASE]
+    .venv/bin/python bench/run.py [--deliveries 1000] [--seconds 3] [--rounds 5] [--skip PHASE]
 
 Everything in one run on this machine, with what the run starts stopped at the end (also on
 Ctrl-C): its own Redis and MongoDB-protocol server (never the ones of `make run`), gunicorn and
@@ -616,7 +616,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=1000, help="end-to-end deliveries")
     parser.add_argument("--seconds", type=float, default=3.0, help="per closed-loop round")
-    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds per endpoint")
+    parser.add_argument("--rounds", type=int, default=5, help="closed-loop rounds per endpoint")
     parser.add_argument("--concurrency", type=int, default=6, help="closed-loop connections")
     parser.add_argument("--open-seconds", type=float, default=8.0, help="open-loop duration")
     parser.add_argument("--e2e-timeout", type=float, default=120.0)
