@@ -1,4 +1,4 @@
-"""Inserts on the ingestion path, with each model's INSERT statement compiled once.
+"""Inserts on the hot paths (accepting and assigning deliveries), each model's INSERT compiled once.
 
 Django compiles every INSERT anew, field by field: for a delivery that costs more than running
 the statement. For the same model and database the statement never changes, only its values,
@@ -33,7 +33,11 @@ def prepare_insert(*instances: Model, using: str = "default") -> list[Statement]
         statement = _statements.get((using, model))
         if statement is None:
             meta = model._meta
-            fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+            fields = [
+                f
+                for f in meta.local_concrete_fields
+                if f is not meta.auto_field and not f.generated
+            ]
             query = InsertQuery(model)
             query.insert_values(fields, [instance], raw=False)
             ((sql, _),) = query.get_compiler(connection=connection).as_sql()
