@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import time
 import uuid
@@ -42,10 +44,26 @@ class BusinessPrincipal:
         return self.business_id
 
 
+@dataclass(frozen=True)
+class KeyUse:
+    """`request.auth` for API calls: the key's prefix, and how many requests the key has made
+    in the current rate window (this one included), for ApiKeyRateThrottle."""
+
+    prefix: str
+    count: int
+    window_ends: float
+
+
 class ApiKeyAuthentication(BaseAuthentication):
+    """Verifies the key and counts it against its rate window in one Redis round trip.
+
+    The counter is the presented key's own (its digest names it): a request with a wrong secret
+    under someone's prefix is refused here and counts against nobody's limit.
+    """
+
     generator = KeyGenerator()
 
-    def authenticate(self, request: Request) -> tuple[BusinessPrincipal, str] | None:
+    def authenticate(self, request: Request) -> tuple[BusinessPrincipal, KeyUse] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None
@@ -58,8 +76,18 @@ class ApiKeyAuthentication(BaseAuthentication):
         prefix, dot, _ = key.partition(".")
         if not dot:
             raise exceptions.AuthenticationFailed("malformed API key")
+        _, duration = rate_limit()
+        now = time.time()
+        window = int(now // duration)
+        digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+        counter = f"throttle:{digest}:{window}"
         redis = get_redis_connection("default")
-        stored = redis.get(api_key_cache_key(prefix))
+        pipeline = redis.pipeline(transaction=False)
+        pipeline.get(api_key_cache_key(prefix))
+        pipeline.incr(counter)
+        stored, count = pipeline.execute()
+        if count == 1:  # the window's first request; a key per window, so set once
+            redis.expire(counter, duration + 1)
         if stored is None:
             cached = self._load(prefix)
             redis.set(api_key_cache_key(prefix), json.dumps(cached), ex=KEY_CACHE_SECONDS)
@@ -74,7 +102,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             business_name=cached["business_name"],
             key_prefix=prefix,
         )
-        return principal, prefix
+        return principal, KeyUse(prefix, count, (window + 1) * duration)
 
     def _load(self, prefix: str) -> dict[str, Any]:
         api_key = (
@@ -104,32 +132,31 @@ def parse_rate(rate: str) -> tuple[int, int]:
         raise ImproperlyConfigured(f"API_RATE_LIMIT {rate!r} is not like 100/second") from None
 
 
-class ApiKeyRateThrottle(BaseThrottle):
-    """A fixed-window counter per API key in Redis: one atomic INCR per request (and an EXPIRE
-    with the window's first).
+def rate_limit() -> tuple[int, int]:
+    """API_RATE_LIMIT as (requests, seconds)."""
+    return _parsed_rate(settings.API_RATE_LIMIT)
 
-    DRF's own throttles keep a history list with get-then-set, which lets concurrent requests
-    through past the limit; INCR cannot.
+
+_parsed_rate = functools.lru_cache(maxsize=8)(parse_rate)
+
+
+class ApiKeyRateThrottle(BaseThrottle):
+    """A fixed-window counter per API key in Redis, counted with one atomic INCR per request.
+
+    ApiKeyAuthentication counts, in the round trip that reads the key; this refuses what is
+    over the limit. DRF's own throttles keep a history list with get-then-set, which lets
+    concurrent requests through past the limit; INCR cannot.
     """
 
     def __init__(self) -> None:
-        self.num_requests, self.duration = parse_rate(settings.API_RATE_LIMIT)
+        self.num_requests, self.duration = rate_limit()
         self.wait_seconds: float | None = None
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        prefix = request.auth
-        if not isinstance(prefix, str):
+        use = request.auth
+        if not isinstance(use, KeyUse) or use.count <= self.num_requests:
             return True
-        now = time.time()
-        window = int(now // self.duration)
-        key = f"throttle:{prefix}:{window}"
-        connection = get_redis_connection("default")
-        count = connection.incr(key)
-        if count == 1:  # the window's first request; a key per window, so set once
-            connection.expire(key, self.duration + 1)
-        if count <= self.num_requests:
-            return True
-        self.wait_seconds = (window + 1) * self.duration - now
+        self.wait_seconds = max(0.0, use.window_ends - time.time())
         return False
 
     def wait(self) -> float | None:

@@ -83,6 +83,15 @@ def test_the_rate_limit_is_per_key(tenant: Tenant, other_tenant: Tenant) -> None
         assert other_tenant.client.get(DELIVERIES).status_code == 200
 
 
+def test_wrong_secrets_under_a_keys_prefix_do_not_use_up_its_limit(tenant: Tenant) -> None:
+    prefix = tenant.key.split(".")[0]
+    with override_settings(API_RATE_LIMIT="2/minute"):
+        intruder = ApiClient(f"{prefix}.not-the-secret")
+        assert [intruder.get(DELIVERIES).status_code for _ in range(4)] == [401] * 4
+        codes = [tenant.client.get(DELIVERIES).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
 # --- creating deliveries ----------------------------------------------------------------------
 
 
