@@ -626,31 +626,43 @@ def delivery_reschedule(
             ),
             now=now,
         )
-        if delivery.drone_id:
-            drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
-        attempts = delivery.attempts + 1
-        Delivery.objects.filter(pk=delivery.id).update(
-            status=Status.REQUESTED,
+        _request_again(
+            delivery,
+            now=now,
+            note="rescheduled",
             dropoff_lat=new.dropoff.point.lat,
             dropoff_lon=new.dropoff.point.lon,
             dropoff_address=new.dropoff.address,
             pickup_time=new.pickup_time,
             deadline=new.deadline,
-            drone=None,
-            pickup_eta=None,
-            dropoff_eta=None,
-            eta_notified_at=None,
-            attempts=attempts,
-            next_attempt_at=None,
-            updated_at=now,
         )
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=Status.REQUESTED, at=now, note="rescheduled"
-        )
-        _workflow_enqueue(delivery_id=delivery.id, attempt=attempts)
     delivery.refresh_from_db()
     live.status_write(delivery)
     return delivery
+
+
+def _request_again(delivery: Delivery, *, now: datetime, note: str, **changes: Any) -> None:
+    """In the caller's transaction (the delivery row locked): back to `requested` for the
+    workflow to start over, with `changes` to the delivery. Its drone is released, and what
+    belonged to the last assignment is forgotten: the drone, the ETAs, the email sent about them
+    (the new ETAs get theirs), a failure reason. A new attempt, so older messages do nothing."""
+    if delivery.drone_id:
+        drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
+    attempts = delivery.attempts + 1
+    Delivery.objects.filter(pk=delivery.id).update(
+        status=Status.REQUESTED,
+        drone=None,
+        pickup_eta=None,
+        dropoff_eta=None,
+        eta_notified_at=None,
+        failure_reason="",
+        attempts=attempts,
+        next_attempt_at=None,
+        updated_at=now,
+        **changes,
+    )
+    DeliveryEvent.objects.create(delivery=delivery, status=Status.REQUESTED, at=now, note=note)
+    _workflow_enqueue(delivery_id=delivery.id, attempt=attempts)
 
 
 def _future(moment: datetime | None, now: datetime) -> datetime | None:
@@ -691,21 +703,7 @@ def delivery_retry(*, delivery_id: UUID) -> Delivery:
             raise InvalidStageTransition(
                 f"only a failed delivery can be retried, not a {delivery.status} one"
             )
-        attempts = delivery.attempts + 1
-        Delivery.objects.filter(pk=delivery.id).update(
-            status=Status.REQUESTED,
-            failure_reason="",
-            drone=None,
-            pickup_eta=None,
-            dropoff_eta=None,
-            attempts=attempts,
-            next_attempt_at=None,
-            updated_at=now,
-        )
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=Status.REQUESTED, at=now, note="retried by operator"
-        )
-        _workflow_enqueue(delivery_id=delivery.id, attempt=attempts)
+        _request_again(delivery, now=now, note="retried by operator")
     delivery.refresh_from_db()
     live.status_write(delivery)
     return delivery

@@ -225,3 +225,23 @@ def test_an_operator_retry_restarts_the_waiting_clock_and_keeps_the_creation_tim
     # Waiting again counts from the retry, so it waits instead of failing at once.
     outcome = services.delivery_assign(delivery_id=delivery.id, attempt=retried.attempts)
     assert outcome.result == "wait"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retried_delivery_emails_its_new_eta(tenant: Tenant) -> None:
+    from django.core import mail
+
+    make_fleet(1)
+    delivery = services.delivery_create(
+        business_id=tenant.business.id, request=request(recipient={"email": "ada@example.com"})
+    )
+    assert delivery_process.apply(kwargs={"delivery_id": str(delivery.id)}).get() == "done"
+    assert len(mail.outbox) == 1
+    services.delivery_fail(delivery_id=delivery.id, reason="the drone broke down")
+
+    retried = services.delivery_retry(delivery_id=delivery.id)
+    assert retried.eta_notified_at is None and retried.failure_reason == ""
+    kwargs = {"delivery_id": str(delivery.id), "attempt": retried.attempts}
+    assert delivery_process.apply(kwargs=kwargs).get() == "done"
+    assert Delivery.objects.get(pk=delivery.id).status == "assigned"
+    assert len(mail.outbox) == 2
