@@ -46,10 +46,9 @@ class BusinessPrincipal:
 
 @dataclass(frozen=True)
 class KeyUse:
-    """`request.auth` for API calls: the key's prefix, and how many requests the key has made
-    in the current rate window (this one included), for ApiKeyRateThrottle."""
+    """`request.auth` for API calls: how many requests the key has made in the current rate
+    window (this one included), for ApiKeyRateThrottle. (The key's prefix is on request.user.)"""
 
-    prefix: str
     count: int
     window_ends: float
 
@@ -102,7 +101,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             business_name=cached["business_name"],
             key_prefix=prefix,
         )
-        return principal, KeyUse(prefix, count, (window + 1) * duration)
+        return principal, KeyUse(count, (window + 1) * duration)
 
     def _load(self, prefix: str) -> dict[str, Any]:
         api_key = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -32,16 +33,29 @@ def test_each_input_is_judged_on_its_own() -> None:
 
 
 def test_threads_validate_side_by_side() -> None:
-    results: dict[int, Any] = {}
+    # Switch threads as often as the interpreter can, so that one thread's validation runs
+    # in the middle of another's: a serializer shared between threads would mix their inputs.
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    wrong: list[tuple[int, Any]] = []
 
     def run(number: int) -> None:
-        for _ in range(50):
-            body = delivery_body(package={"size": "medium", "weight_kg": 1.0 + number})
-            results[number] = validated(DeliveryIn, body)["package"]["weight_kg"]
+        body = delivery_body(package={"size": "medium", "weight_kg": 1.0 + number})
+        for _ in range(1000):
+            try:
+                weight = validated(DeliveryIn, body)["package"]["weight_kg"]
+            except Exception as exc:  # noqa: BLE001 - a mixed-up serializer may raise anything
+                wrong.append((number, exc))
+                continue
+            if weight != 1.0 + number:
+                wrong.append((number, weight))
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == {n: 1.0 + n for n in range(4)}
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(previous)
+    assert wrong == []
