@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from deliveries import services
+from deliveries.lifecycle import InvalidStageTransition
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage, Quote
 from portal.errors import DomainError
 
@@ -28,14 +29,14 @@ class DeliveryEventInline(admin.TabularInline):
 class DeliveryAdmin(admin.ModelAdmin):
     list_display = (
         "id", "business", "status", "drone", "package_weight_kg", "pickup_eta", "dropoff_eta",
-        "failure_reason", "created_at",
+        "attention", "failure_reason", "created_at",
     )  # fmt: skip
-    list_filter = ("status", "business", "expedited")
+    list_filter = ("status", ("attention", admin.EmptyFieldListFilter), "business", "expedited")
     search_fields = ("id", "tracking_token", "recipient_name", "recipient_email", "package_tag")
     list_select_related = ("business", "drone")
     date_hierarchy = "created_at"
     inlines = [DeliveryEventInline]
-    actions = ["retry_failed", "cancel"]
+    actions = ["retry_failed", "cancel", "mark_failed"]
     readonly_fields = [f.name for f in Delivery._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -55,6 +56,14 @@ class DeliveryAdmin(admin.ModelAdmin):
             lambda d: services.delivery_cancel(business_id=d.business_id, delivery_id=d.id),
             "cancelled",
         )
+
+    @admin.action(description="Mark the selected deliveries failed (releases their drones)")
+    def mark_failed(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        def fail(delivery: Delivery) -> None:
+            if not services.delivery_fail(delivery_id=delivery.id, reason="failed by operator"):
+                raise InvalidStageTransition(f"a {delivery.status} delivery cannot fail")
+
+        self._each(request, queryset, fail, "marked failed")
 
     def _each(
         self, request: HttpRequest, queryset: QuerySet[Delivery], act: Any, verb: str

@@ -2,6 +2,11 @@
 
 Written after the database commits; read by the status endpoint and the tracking page, which
 fall back to the database (and refill Redis) when the copy is missing or Redis is down.
+
+Every copy carries a version, (the delivery's version, the time of what it describes in ms):
+a write with an older version than the stored copy's is dropped, so a late write (a worker's
+`assigned` after the business cancelled, a telemetry report that arrived late) never takes the
+status back in time. A write that lands is published on `delivery:{id}:live` for live feeds.
 """
 
 from __future__ import annotations
@@ -9,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.db import transaction
+from django.utils import timezone
 from django_redis import get_redis_connection
 
 from deliveries.models import Delivery
@@ -21,29 +28,66 @@ from deliveries.models import Delivery
 logger = logging.getLogger(__name__)
 TTL_SECONDS = 7 * 24 * 3600
 
+# KEYS: the status key, the channel. ARGV: version, time (ms), the document, the TTL.
+# The stored value is "version,time_ms\n<document>", so the script compares without JSON.
+_WRITE = """
+local stored = redis.call('GET', KEYS[1])
+local version, t = tonumber(ARGV[1]), tonumber(ARGV[2])
+if stored then
+  local sv, st = string.match(stored, '^(%d+),(%d+)\\n')
+  sv, st = tonumber(sv), tonumber(st)
+  if sv and (sv > version or (sv == version and st >= t)) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ',' .. ARGV[2] .. '\\n' .. ARGV[3], 'EX', ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+"""
+_scripts: dict[int, Any] = {}
+
 
 def status_key(delivery_id: UUID | str) -> str:
     return f"delivery:{delivery_id}:status"
 
 
+def channel(delivery_id: UUID | str) -> str:
+    return f"delivery:{delivery_id}:live"
+
+
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def status_of(
-    delivery: Delivery, drone_location: tuple[float, float, float] | None = None
+    delivery: Delivery,
+    drone_location: tuple[float, float, float] | dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status document, from the database record."""
-    location = None
-    if drone_location is not None:
+    """The status document, from the database record (and a position, when known)."""
+    location: dict[str, Any] | None = None
+    if isinstance(drone_location, dict):
+        location = drone_location
+    elif drone_location is not None:
         location = {"lat": drone_location[0], "lon": drone_location[1], "alt_m": drone_location[2]}
     elif delivery.drone_id and delivery.status not in (
         Delivery.Status.REQUESTED,
         Delivery.Status.DELIVERED,
+        Delivery.Status.CANCELLED,
+        Delivery.Status.FAILED,
     ):
         drone = delivery.drone
         if drone is not None:
             location = {"lat": drone.lat, "lon": drone.lon, "alt_m": drone.alt_m}
+    if location is not None:
+        location = {
+            "lat": location["lat"],
+            "lon": location["lon"],
+            "alt_m": location.get("alt_m"),
+            "heading": location.get("heading"),
+            "ground_speed_mps": location.get("ground_speed_mps"),
+            "at": location.get("at"),
+        }
     return {
         "status": delivery.status,
         "drone_location": location,
@@ -54,16 +98,34 @@ def status_of(
     }
 
 
+def _script() -> Any:
+    redis = get_redis_connection("default")
+    script = _scripts.get(id(redis))
+    if script is None:
+        script = _scripts[id(redis)] = redis.register_script(_WRITE)
+    return script
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
 def status_write(
-    delivery: Delivery, drone_location: tuple[float, float, float] | None = None
+    delivery: Delivery,
+    drone_location: tuple[float, float, float] | dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
 ) -> None:
-    """Store the status in Redis once the current transaction (if any) has committed."""
-    document = status_of(delivery, drone_location)
+    """Store the status in Redis once the current transaction (if any) has committed, unless
+    Redis holds a newer one. `at`: the time the status describes (default now)."""
+    document = json.dumps(status_of(delivery, drone_location))
+    version, t = delivery.version, _ms(at or timezone.now())
 
     def write() -> None:
         try:
-            get_redis_connection("default").set(
-                status_key(delivery.id), json.dumps(document), ex=TTL_SECONDS
+            _script()(
+                keys=[status_key(delivery.id), channel(delivery.id)],
+                args=[version, t, document, TTL_SECONDS],
             )
         except Exception as exc:  # noqa: BLE001 - Redis is a copy; readers fall back to the database
             logger.warning("live status of %s not written to Redis: %s", delivery.id, exc)
@@ -72,16 +134,42 @@ def status_write(
     transaction.on_commit(write)
 
 
+def statuses_write(writes: Iterable[tuple[UUID, int, datetime, dict[str, Any]]]) -> None:
+    """Several (delivery id, version, time, document) at once, in one round trip (telemetry)."""
+    writes = list(writes)
+    if not writes:
+        return
+    try:
+        script = _script()
+        pipeline = get_redis_connection("default").pipeline(transaction=False)
+        for delivery_id, version, at, document in writes:
+            script(
+                keys=[status_key(delivery_id), channel(delivery_id)],
+                args=[version, _ms(at), json.dumps(document), TTL_SECONDS],
+                client=pipeline,
+            )
+        pipeline.execute()
+    except Exception as exc:  # noqa: BLE001 - Redis is a copy; readers fall back to the database
+        logger.warning("live statuses of %d deliveries not written to Redis: %s", len(writes), exc)
+
+
 def _forget(delivery_id: UUID) -> None:
     # Redis down: nothing stale can be read from it either.
     with contextlib.suppress(Exception):
         get_redis_connection("default").delete(status_key(delivery_id))
 
 
-def status_read(delivery_id: UUID) -> dict[str, Any] | None:
+def _document(raw: bytes | str) -> dict[str, Any]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    _, _, document = text.partition("\n")
+    parsed: dict[str, Any] = json.loads(document)
+    return parsed
+
+
+def status_read(delivery_id: UUID | str) -> dict[str, Any] | None:
     try:
         raw = get_redis_connection("default").get(status_key(delivery_id))
     except Exception as exc:  # noqa: BLE001 - fall back to the database
         logger.warning("live status of %s not read from Redis: %s", delivery_id, exc)
         return None
-    return json.loads(raw) if raw else None
+    return _document(raw) if raw else None

@@ -20,7 +20,9 @@ class Delivery(models.Model):
         REQUESTED = "requested"
         ASSIGNED = "assigned"
         EN_ROUTE_TO_PICKUP = "en_route_to_pickup"
+        AT_PICKUP = "at_pickup"
         EN_ROUTE_TO_DROPOFF = "en_route_to_dropoff"
+        AT_DROPOFF = "at_dropoff"
         DELIVERED = "delivered"
         CANCELLED = "cancelled"
         FAILED = "failed"
@@ -42,6 +44,10 @@ class Delivery(models.Model):
         "businesses.Business", on_delete=models.PROTECT, related_name="deliveries", db_index=False
     )
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.REQUESTED)
+    # Bumped by every change of status (deliveries.lifecycle): the compare-and-swap token, and
+    # the version of the live status copy in Redis, so that an older copy never overwrites a
+    # newer one.
+    version = models.PositiveIntegerField(default=0)
 
     pickup_lat = models.FloatField()
     pickup_lon = models.FloatField()
@@ -79,6 +85,12 @@ class Delivery(models.Model):
     # republishes deliveries whose next attempt is long overdue (a message lost by the broker).
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # A pickup far ahead books its drone shortly before it is needed, not at request time: until
+    # then no workflow message is in flight, and beat publishes one when this time comes.
+    book_at = models.DateTimeField(null=True, blank=True)
+    # Something operators must look at (the drone lost contact, or was grounded with the
+    # package aboard); empty when all is well.
+    attention = models.CharField(max_length=200, blank=True)
     eta_notified_at = models.DateTimeField(null=True, blank=True)
 
     tracking_token = models.CharField(max_length=64, unique=True, default=tracking_token)
@@ -92,6 +104,11 @@ class Delivery(models.Model):
             models.Index(fields=["business", "-created_at"], name="delivery_business_recent"),
             models.Index(fields=["business", "status"], name="delivery_business_status"),
             models.Index(fields=["status", "next_attempt_at"], name="delivery_waiting"),
+            models.Index(
+                fields=["book_at"],
+                condition=models.Q(book_at__isnull=False),
+                name="delivery_to_book",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -23,12 +23,19 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from deliveries import live
+from deliveries.lifecycle import (
+    BEFORE_PICKUP,
+    StaleDelivery,
+    delivery_move,
+)
+from deliveries.lifecycle import (
+    InvalidStageTransition as InvalidStageTransition,  # raised through these services
+)
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage, Quote
 from drones.geo import Point, distance_km
-from drones.selectors import FlightPlan, delivery_impossible_reason, drone_plan_best
-from drones.services import DeliveryImpossible, NoDroneFree, drone_release, drone_reserve
-from portal.db import execute, insert, prepare_insert
+from drones.selectors import delivery_impossible_reason, drone_plan_best
+from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
+from portal.db import execute, prepare_insert
 from portal.errors import Conflict, NotFound, Unprocessable
 
 logger = logging.getLogger(__name__)
@@ -36,26 +43,7 @@ logger = logging.getLogger(__name__)
 Status = Delivery.Status
 WORKFLOW_TASK = "workers.delivery_process"
 
-# Which status may follow which. Cancelling is allowed until the package is picked up;
-# `assigned → requested` is a reschedule that needs another drone; `failed → requested` is an
-# operator's retry.
-TRANSITIONS: dict[str, set[str]] = {
-    Status.REQUESTED: {Status.ASSIGNED, Status.CANCELLED, Status.FAILED},
-    Status.ASSIGNED: {Status.EN_ROUTE_TO_PICKUP, Status.CANCELLED, Status.FAILED, Status.REQUESTED},
-    Status.EN_ROUTE_TO_PICKUP: {Status.EN_ROUTE_TO_DROPOFF, Status.CANCELLED, Status.FAILED},
-    Status.EN_ROUTE_TO_DROPOFF: {Status.DELIVERED, Status.FAILED},
-    Status.DELIVERED: set(),
-    Status.CANCELLED: set(),
-    Status.FAILED: {Status.REQUESTED},
-}
-BEFORE_PICKUP = {Status.REQUESTED, Status.ASSIGNED, Status.EN_ROUTE_TO_PICKUP}
-# A delivery in one of these no longer holds its drone.
-FINISHED = {Status.DELIVERED, Status.CANCELLED, Status.FAILED}
 CLOCK_SKEW = timedelta(seconds=60)
-
-
-class InvalidStageTransition(Conflict):
-    code = "invalid_transition"
 
 
 @dataclass(frozen=True)
@@ -127,6 +115,20 @@ def delivery_request_check(
             f"the pickup time {request.pickup_time.isoformat()} is in the past",
             field="pickup_time",
             code="pickup_time_in_past",
+        )
+    days = settings.DELIVERY_MAX_DAYS_AHEAD
+    if request.pickup_time is not None and request.pickup_time > now + timedelta(days=days):
+        raise Unprocessable(
+            f"the pickup time can be at most {days} days ahead "
+            f"(until {(now + timedelta(days=days)).isoformat(timespec='minutes')})",
+            field="pickup_time",
+            code="pickup_time_too_far",
+        )
+    if request.deadline is not None and request.deadline > now + timedelta(days=days + 1):
+        raise Unprocessable(
+            f"the deadline can be at most {days + 1} days ahead",
+            field="deadline",
+            code="deadline_too_far",
         )
     if request.deadline is not None:
         if request.deadline < now:
@@ -261,14 +263,46 @@ def delivery_create(
         quote=quote,
         price_amount=quote.price_amount if quote else price_for(request),
         price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
+        book_at=booking_time(request.pickup_time, now=now),
     )
     rows = prepare_insert(
         delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
     )
     with transaction.atomic():
         execute(rows)
-        _workflow_enqueue(delivery_id=delivery.id)
+        if delivery.book_at is None:
+            _workflow_enqueue(delivery_id=delivery.id)
     return delivery
+
+
+def booking_time(pickup_time: datetime | None, *, now: datetime) -> datetime | None:
+    """When a delivery picked up at `pickup_time` should look for its drone: None for now, or
+    DELIVERY_BOOKING_LEAD_SECONDS before the pickup, so that a pickup days ahead holds no drone
+    until shortly before it is needed."""
+    if pickup_time is None:
+        return None
+    book_at = pickup_time - timedelta(seconds=settings.DELIVERY_BOOKING_LEAD_SECONDS)
+    return book_at if book_at > now else None
+
+
+def deliveries_book_due(*, batch: int = 500) -> int:
+    """Start the workflow of scheduled deliveries whose booking time has come (beat, every few
+    seconds). The booking time is cleared with a compare-and-swap, so one message each."""
+    now = timezone.now()
+    due = list(
+        Delivery.objects.filter(status=Status.REQUESTED, book_at__lte=now).values_list(
+            "id", "attempts"
+        )[:batch]
+    )
+    started = 0
+    for delivery_id, attempts in due:
+        with transaction.atomic():
+            if Delivery.objects.filter(
+                pk=delivery_id, status=Status.REQUESTED, book_at__lte=now
+            ).update(book_at=None, next_attempt_at=None):
+                _workflow_enqueue(delivery_id=delivery_id, attempt=attempts)
+                started += 1
+    return started
 
 
 def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
@@ -342,9 +376,11 @@ def deliveries_sweep(*, grace: timedelta = timedelta(seconds=120)) -> int:
     now = timezone.now()
     cutoff = now - grace
     overdue = Q(next_attempt_at__lt=cutoff) | Q(next_attempt_at__isnull=True, created_at__lt=cutoff)
-    stuck = Delivery.objects.filter(overdue, status=Status.REQUESTED).values_list("id", "attempts")[
-        :500
-    ]
+    # A delivery waiting for its booking time has no message in flight: deliveries_book_due
+    # starts it.
+    stuck = Delivery.objects.filter(
+        overdue, status=Status.REQUESTED, book_at__isnull=True
+    ).values_list("id", "attempts")[:500]
     count = 0
     for delivery_id, attempts in stuck:
         with transaction.atomic():
@@ -378,96 +414,88 @@ def _point(lat: float, lon: float) -> Point:
 def delivery_assign(
     *, delivery_id: UUID, attempt: int = 0, delivery: Delivery | None = None
 ) -> AssignOutcome:
-    """Reserve the best drone and mark the delivery assigned, in one transaction.
+    """Book the best drone and move the delivery to `assigned`.
 
-    Safe to run twice and concurrently: the drone claim and the status change are both
-    compare-and-swaps, committed together, and a stale attempt (another message already moved
-    on) does nothing. The search for the drone runs before that short transaction.
-    `delivery` spares a read when the caller has just loaded it; the swaps check it still holds.
+    The search for the drone only reads, before any transaction; the claim of the drone (a
+    compare-and-swap on the drone row) and the status change (a compare-and-swap on the
+    delivery's status and version, deliveries.lifecycle) commit together in one short
+    transaction. Safe to run twice and concurrently: a stale attempt (another message already
+    moved on) does nothing, and a drone taken meanwhile is passed over for the next best.
+    `delivery` spares a read when the caller has just loaded it.
     """
     if delivery is None:
         delivery = Delivery.objects.filter(pk=delivery_id).first()
     if delivery is None or delivery.status != Status.REQUESTED:
         return AssignOutcome("done", delivery)
-    if delivery.attempts != attempt:
-        return AssignOutcome("done", delivery)  # a newer message carries this delivery on
+    if delivery.attempts != attempt or delivery.book_at is not None:
+        return AssignOutcome("done", delivery)  # a newer message, or not yet time to book
     now = timezone.now()
-
-    def record(plan: FlightPlan) -> None:
-        """In the drone claim's transaction: the delivery's side of the booking."""
-        if delivery.deadline is not None and plan.dropoff_eta > delivery.deadline:
-            raise _DeadlineMissed(plan)
-        changed = Delivery.objects.filter(
-            pk=delivery.id, status=Status.REQUESTED, attempts=attempt
-        ).update(
-            status=Status.ASSIGNED,
-            drone_id=plan.drone_id,
-            pickup_eta=plan.pickup_eta,
-            dropoff_eta=plan.dropoff_eta,
-            next_attempt_at=None,
-            updated_at=now,
-        )
-        if not changed:
-            # Cancelled or taken on by another message meanwhile: undo the drone claim.
-            raise _Superseded
-        insert(
-            DeliveryEvent(
-                delivery=delivery, status=Status.ASSIGNED, at=now, note=f"drone {plan.drone_serial}"
-            )
-        )
-
-    try:
-        plan = drone_reserve(
-            delivery_id=delivery.id,
-            pickup=_point(delivery.pickup_lat, delivery.pickup_lon),
-            dropoff=_point(delivery.dropoff_lat, delivery.dropoff_lon),
+    pickup = _point(delivery.pickup_lat, delivery.pickup_lon)
+    dropoff = _point(delivery.dropoff_lat, delivery.dropoff_lon)
+    lost: set[UUID] = set()
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        plan = drone_plan_best(
+            pickup=pickup,
+            dropoff=dropoff,
             weight_kg=delivery.package_weight_kg,
             start=now,
             not_before=delivery.pickup_time,
-            then=record,
+            exclude=frozenset(lost),
         )
-    except _Superseded:
-        return AssignOutcome("done", delivery)
-    except DeliveryImpossible as exc:
-        delivery_fail(delivery_id=delivery.id, reason=exc.message)
-        return AssignOutcome("done", delivery)
-    except _DeadlineMissed:
-        return _wait_or_give_up(delivery, attempt, now, "no drone can deliver before the deadline")
-    except NoDroneFree:
-        return _wait_or_give_up(delivery, attempt, now, "no drone became free in time")
-    # What the swap wrote, without reading it back.
-    delivery.status = Status.ASSIGNED
-    delivery.drone_id = plan.drone_id
-    delivery.pickup_eta, delivery.dropoff_eta = plan.pickup_eta, plan.dropoff_eta
-    delivery.next_attempt_at, delivery.updated_at = None, now
-    # A free drone is idle, on the ground: no need to read its position back.
-    position = plan.drone_position
-    live.status_write(
-        delivery, drone_location=(position.lat, position.lon, 0.0) if position else None
-    )
-    return AssignOutcome("assigned", delivery, drone_serial=plan.drone_serial)
-
-
-class _Superseded(Exception):
-    """The delivery changed under the workflow (cancelled, or another message moved it on)."""
-
-
-class _DeadlineMissed(Exception):
-    def __init__(self, plan: FlightPlan) -> None:
-        self.plan = plan
+        if plan is None:
+            break
+        if delivery.deadline is not None and plan.dropoff_eta > delivery.deadline:
+            return _wait_or_give_up(
+                delivery, attempt, now, "no drone can deliver before the deadline"
+            )
+        try:
+            with transaction.atomic():
+                if not drone_claim(drone_id=plan.drone_id, delivery_id=delivery.id):
+                    lost.add(plan.drone_id)  # taken between our read and our write
+                    continue
+                position = plan.drone_position
+                delivery_move(
+                    delivery,
+                    Status.ASSIGNED,
+                    at=now,
+                    note=f"drone {plan.drone_serial}",
+                    position=(position.lat, position.lon, 0.0) if position else None,
+                    changes={
+                        "drone_id": plan.drone_id,
+                        "pickup_eta": plan.pickup_eta,
+                        "dropoff_eta": plan.dropoff_eta,
+                    },
+                )
+        except (StaleDelivery, IntegrityError):
+            # Cancelled or taken on by another message meanwhile (the unique booking column
+            # says when another worker booked a drone for it first): nothing is left claimed.
+            return AssignOutcome("done", delivery)
+        return AssignOutcome("assigned", delivery, drone_serial=plan.drone_serial)
+    if not lost:
+        # Asked only now: when a drone is free, the answer is known to be no.
+        reason = delivery_impossible_reason(
+            pickup=pickup, dropoff=dropoff, weight_kg=delivery.package_weight_kg
+        )
+        if reason is not None:
+            delivery_fail(delivery_id=delivery.id, reason=reason)
+            return AssignOutcome("done", delivery)
+    return _wait_or_give_up(delivery, attempt, now, "no drone became free in time")
 
 
 def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: str) -> AssignOutcome:
     """No suitable drone free now: look again later with backoff, or fail past the limits.
 
-    The time limit counts from when the delivery last became requested: created, rescheduled
-    or retried by an operator (its latest `requested` event)."""
+    The time limit counts from when the delivery last became requested (created, rescheduled
+    or retried by an operator: its latest `requested` event), or from its pickup time when that
+    is later: a delivery for tomorrow morning may wait for a drone from tomorrow morning."""
     waiting_since = (
         DeliveryEvent.objects.filter(delivery_id=delivery.id, status=Status.REQUESTED)
         .order_by("-at")
         .values_list("at", flat=True)
         .first()
     ) or delivery.created_at
+    if delivery.pickup_time is not None:
+        waiting_since = max(waiting_since, delivery.pickup_time)
     limit = waiting_since + timedelta(seconds=settings.DELIVERY_ASSIGN_TIMEOUT_SECONDS)
     if delivery.deadline is not None:
         limit = min(limit, delivery.deadline)
@@ -488,22 +516,18 @@ def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: st
 
 
 def delivery_fail(*, delivery_id: UUID, reason: str) -> bool:
-    """Give up: release the drone if one was reserved, mark failed with the reason."""
-    now = timezone.now()
+    """Give up: mark failed with the reason (its drone, if any, is released). False when the
+    delivery is gone or already past failing (delivered, cancelled, failed)."""
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
-        if delivery is None or Status.FAILED not in TRANSITIONS[delivery.status]:
+        if delivery is None:
             return False
-        if delivery.drone_id:
-            drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
-        Delivery.objects.filter(pk=delivery.id).update(
-            status=Status.FAILED, failure_reason=reason[:300], next_attempt_at=None, updated_at=now
-        )
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=Status.FAILED, at=now, note=reason[:300]
-        )
-    delivery.refresh_from_db()
-    live.status_write(delivery)
+        try:
+            delivery_move(
+                delivery, Status.FAILED, note=reason, changes={"failure_reason": reason[:300]}
+            )
+        except InvalidStageTransition:
+            return False
     return True
 
 
@@ -563,8 +587,9 @@ def _locked(delivery_id: UUID, *, business_id: UUID | None = None) -> Delivery:
     return delivery
 
 
-def delivery_cancel(*, business_id: UUID, delivery_id: UUID) -> Delivery:
-    now = timezone.now()
+def delivery_cancel(*, business_id: UUID, delivery_id: UUID, note: str = "") -> Delivery:
+    """Cancel until the package is picked up; the drone is released (one in the air goes
+    home, told so in the answer to its next telemetry report)."""
     with transaction.atomic():
         delivery = _locked(delivery_id, business_id=business_id)
         if delivery.status == Status.CANCELLED:
@@ -575,16 +600,7 @@ def delivery_cancel(*, business_id: UUID, delivery_id: UUID) -> Delivery:
                 "until the package is picked up",
                 code="too_late_to_cancel",
             )
-        if delivery.drone_id:
-            drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
-        Delivery.objects.filter(pk=delivery.id).update(
-            status=Status.CANCELLED, next_attempt_at=None, updated_at=now
-        )
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=Status.CANCELLED, at=now, note="cancelled by business"
-        )
-    delivery.refresh_from_db()
-    live.status_write(delivery)
+        delivery_move(delivery, Status.CANCELLED, note=note or "cancelled by business")
     return delivery
 
 
@@ -596,8 +612,9 @@ def delivery_reschedule(
     dropoff: Place | None = None,
     deadline: datetime | None = None,
 ) -> Delivery:
-    """Move the pickup time or the dropoff before pickup. A reserved drone is released and the
-    workflow looks for the best drone again, since the old one may no longer be the right one."""
+    """Move the pickup time or the dropoff before the drone sets off, re-priced for the new
+    trip. A booked drone is released and the workflow looks for the best drone again, since the
+    old one may no longer be the right one."""
     now = timezone.now()
     with transaction.atomic():
         delivery = _locked(delivery_id, business_id=business_id)
@@ -615,6 +632,8 @@ def delivery_reschedule(
             package_weight_kg=delivery.package_weight_kg,
             pickup_time=pickup_time if pickup_time is not None else delivery.pickup_time,
             deadline=deadline if deadline is not None else delivery.deadline,
+            expedited=delivery.expedited,
+            confirmation_required=delivery.confirmation_required,
         )
         # Only what the business changes is judged against the clock: a pickup time it keeps
         # may have passed while the delivery waited for a drone.
@@ -626,72 +645,43 @@ def delivery_reschedule(
             ),
             now=now,
         )
-        _request_again(
-            delivery,
-            now=now,
-            note="rescheduled",
-            dropoff_lat=new.dropoff.point.lat,
-            dropoff_lon=new.dropoff.point.lon,
-            dropoff_address=new.dropoff.address,
-            pickup_time=new.pickup_time,
-            deadline=new.deadline,
-        )
-    delivery.refresh_from_db()
-    live.status_write(delivery)
+        changes: dict[str, Any] = {
+            "dropoff_lat": new.dropoff.point.lat,
+            "dropoff_lon": new.dropoff.point.lon,
+            "dropoff_address": new.dropoff.address,
+            "pickup_time": new.pickup_time,
+            "deadline": new.deadline,
+        }
+        if dropoff is not None:
+            # A new trip, a new price; the quote no longer describes it.
+            changes.update(price_amount=price_for(new), quote=None)
+        _request_again(delivery, now=now, note="rescheduled", changes=changes)
     return delivery
 
 
-def _request_again(delivery: Delivery, *, now: datetime, note: str, **changes: Any) -> None:
+def _request_again(
+    delivery: Delivery, *, now: datetime, note: str, changes: dict[str, Any] | None = None
+) -> None:
     """In the caller's transaction (the delivery row locked): back to `requested` for the
-    workflow to start over, with `changes` to the delivery. Its drone is released, and what
-    belonged to the last assignment is forgotten: the drone, the ETAs, the email sent about them
-    (the new ETAs get theirs), a failure reason. A new attempt, so older messages do nothing."""
-    if delivery.drone_id:
-        drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
+    workflow to start over, with `changes` to the delivery. The lifecycle releases the drone
+    and forgets the last assignment; a new attempt, so older messages do nothing. A pickup far
+    ahead waits for its booking time instead of a message now."""
     attempts = delivery.attempts + 1
-    Delivery.objects.filter(pk=delivery.id).update(
-        status=Status.REQUESTED,
-        drone=None,
-        pickup_eta=None,
-        dropoff_eta=None,
-        eta_notified_at=None,
-        failure_reason="",
-        attempts=attempts,
-        next_attempt_at=None,
-        updated_at=now,
-        **changes,
+    pickup_time = (changes or {}).get("pickup_time", delivery.pickup_time)
+    book_at = booking_time(pickup_time, now=now)
+    delivery_move(
+        delivery,
+        Status.REQUESTED,
+        at=now,
+        note=note,
+        changes={**(changes or {}), "attempts": attempts, "book_at": book_at},
     )
-    DeliveryEvent.objects.create(delivery=delivery, status=Status.REQUESTED, at=now, note=note)
-    _workflow_enqueue(delivery_id=delivery.id, attempt=attempts)
+    if book_at is None:
+        _workflow_enqueue(delivery_id=delivery.id, attempt=attempts)
 
 
 def _future(moment: datetime | None, now: datetime) -> datetime | None:
     return moment if moment is not None and moment > now else None
-
-
-def delivery_advance(
-    *,
-    delivery_id: UUID,
-    status: str,
-    position: tuple[float, float, float] | None = None,
-    note: str = "",
-) -> Delivery:
-    """Move a delivery to its next stage (telemetry, operators), refusing impossible jumps."""
-    now = timezone.now()
-    with transaction.atomic():
-        delivery = _locked(delivery_id)
-        if status not in TRANSITIONS[delivery.status]:
-            raise InvalidStageTransition(f"a delivery cannot go from {delivery.status} to {status}")
-        if status in FINISHED and delivery.drone_id:
-            drone_release(drone_id=delivery.drone_id, delivery_id=delivery.id)
-        Delivery.objects.filter(pk=delivery.id).update(status=status, updated_at=now)
-        lat, lon, alt = position if position else (None, None, None)
-        DeliveryEvent.objects.create(
-            delivery=delivery, status=status, at=now, lat=lat, lon=lon, alt_m=alt, note=note
-        )
-    delivery.refresh_from_db()
-    live.status_write(delivery, drone_location=position)
-    return delivery
 
 
 def delivery_retry(*, delivery_id: UUID) -> Delivery:
@@ -704,8 +694,18 @@ def delivery_retry(*, delivery_id: UUID) -> Delivery:
                 f"only a failed delivery can be retried, not a {delivery.status} one"
             )
         _request_again(delivery, now=now, note="retried by operator")
-    delivery.refresh_from_db()
-    live.status_write(delivery)
+    return delivery
+
+
+def delivery_replace_drone(*, delivery_id: UUID, reason: str) -> Delivery | None:
+    """Its drone cannot go on (grounded) and the package is not aboard: back to `requested`
+    for another drone. None when there is nothing to do (already past pickup, or finished)."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None or delivery.status not in BEFORE_PICKUP - {Status.REQUESTED}:
+            return None
+        _request_again(delivery, now=now, note=reason)
     return delivery
 
 

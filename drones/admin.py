@@ -7,9 +7,10 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from rest_framework_api_key.admin import APIKeyModelAdmin
 
-from drones.models import Base, Drone, DroneModel
-from drones.services import drone_state_set
+from drones.models import Base, Drone, DroneModel, TelemetryKey
+from drones.telemetry import drone_ground, drone_return_to_service
 from portal.errors import DomainError
 
 
@@ -36,7 +37,7 @@ class DroneAdmin(admin.ModelAdmin):
         "assigned_delivery_id",
         "lat",
         "lon",
-        "updated_at",
+        "last_report_at",
     ]
     list_filter = ["state", "model", "base", ("assigned_delivery_id", admin.EmptyFieldListFilter)]
     list_select_related = ["model", "base"]
@@ -44,7 +45,7 @@ class DroneAdmin(admin.ModelAdmin):
     ordering = ["serial"]
     show_full_result_count = False
     actions = ["ground", "return_to_service"]
-    readonly_fields = ["assigned_delivery_id", "created_at", "updated_at"]
+    readonly_fields = ["assigned_delivery_id", "last_report_at", "created_at", "updated_at"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Drone | None = None) -> list[str]:
         # State, battery and position change only through the services (actions, telemetry);
@@ -54,25 +55,36 @@ class DroneAdmin(admin.ModelAdmin):
             fields += ["state", "battery_pct", "lat", "lon", "alt_m"]
         return fields
 
-    @admin.action(description="Ground the selected drones (out of service)")
+    @admin.action(description="Ground the selected drones (out of service; flying ones come home)")
     def ground(self, request: HttpRequest, queryset: QuerySet[Drone]) -> None:
-        self._set_state(request, queryset, Drone.State.GROUNDED)
+        self._each(request, queryset, drone_ground, "grounded")
 
-    @admin.action(description="Return the selected drones to service (idle)")
+    @admin.action(description="Return the selected grounded drones to service")
     def return_to_service(self, request: HttpRequest, queryset: QuerySet[Drone]) -> None:
-        self._set_state(request, queryset, Drone.State.IDLE)
+        self._each(request, queryset, drone_return_to_service, "back in service")
 
-    def _set_state(self, request: HttpRequest, queryset: QuerySet[Drone], state: str) -> None:
-        done = 0
+    def _each(self, request: HttpRequest, queryset: QuerySet[Drone], act: Any, done: str) -> None:
+        count = 0
         for drone_id in queryset.values_list("pk", flat=True):
             try:
-                drone_state_set(drone_id=drone_id, state=state)
+                act(drone_id=drone_id)
             except DomainError as exc:
                 self.message_user(request, exc.message, messages.ERROR)
             else:
-                done += 1
-        self.message_user(request, f"{done} drone(s) now {state}.", messages.SUCCESS)
+                count += 1
+        self.message_user(request, f"{count} drone(s) {done}.", messages.SUCCESS)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Deliveries keep a reference to their drone; retire a drone by grounding it.
         return False
+
+
+@admin.register(TelemetryKey)
+class TelemetryKeyAdmin(APIKeyModelAdmin):
+    """Keys for drones and gateways: the key is shown once, when it is created."""
+
+    list_display = (*APIKeyModelAdmin.list_display, "drone")  # type: ignore[assignment]
+    list_filter = ("revoked",)
+    search_fields = ("name", "prefix", "drone__serial")  # type: ignore[assignment]
+    filter_horizontal = ("bases",)
+    autocomplete_fields = ("drone",)

@@ -4,6 +4,7 @@ import uuid
 
 from django.db import models
 from django.db.models import Q
+from rest_framework_api_key.models import AbstractAPIKey
 
 
 class TimeStamped(models.Model):
@@ -65,6 +66,7 @@ class Drone(TimeStamped):
         FLYING = "flying"
         CHARGING = "charging"
         GROUNDED = "grounded"
+        LOST = "lost"
 
     serial = models.CharField(max_length=32, unique=True)
     # No index of its own: the (model, base) index below serves model lookups.
@@ -79,6 +81,9 @@ class Drone(TimeStamped):
     lat = models.FloatField(help_text="Current position.")
     lon = models.FloatField(help_text="Current position.")
     alt_m = models.FloatField(default=0.0)
+    # The time of the last telemetry report applied; the position above is written with it at
+    # most every few seconds (the latest is in Redis). None: the drone has never reported.
+    last_report_at = models.DateTimeField(null=True, blank=True)
     # A plain UUID, not a ForeignKey: deliveries.Delivery points at Drone, and a key back would
     # make the two apps' migrations circular. Unique (see Meta): one delivery, one drone, in the
     # database itself; NULL (free) may repeat.
@@ -105,6 +110,8 @@ class Drone(TimeStamped):
             ),
             # Which (model, base) pairs have drones: one probe per pair.
             models.Index(fields=["model", "base"], name="drone_model_base_idx"),
+            # The watch for drones that stopped reporting.
+            models.Index(fields=["state", "last_report_at"], name="drone_reporting_idx"),
         ]
         constraints = [
             # Partial, so that "IS NULL" cannot use it: without statistics SQLite's planner takes
@@ -127,3 +134,19 @@ class Drone(TimeStamped):
     @property
     def is_free(self) -> bool:
         return self.state == self.State.IDLE and self.assigned_delivery_id is None
+
+
+class TelemetryKey(AbstractAPIKey):
+    """A credential to report telemetry: one drone's, or a ground-control gateway's for the
+    drones whose home is one of its bases. Hashed at rest, shown once, revocable."""
+
+    drone = models.ForeignKey(
+        Drone, null=True, blank=True, on_delete=models.CASCADE, related_name="telemetry_keys"
+    )
+    bases = models.ManyToManyField(
+        Base, blank=True, related_name="telemetry_keys", help_text="A gateway's bases."
+    )
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "telemetry key"
+        verbose_name_plural = "telemetry keys"

@@ -36,6 +36,7 @@ from uuid import UUID
 from django.conf import settings
 from django.db import connection
 
+from drones.flight import delivery_schedule
 from drones.geo import EARTH_RADIUS_KM, Point, distance_km
 from drones.models import Base, Drone, DroneModel
 
@@ -533,7 +534,15 @@ def _uuid(value: object) -> UUID:
 
 
 def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None) -> FlightPlan:
-    pickup_eta = start + timedelta(hours=candidate.hours)
+    """The flight plan of a candidate, by the flight profile (climb, cruise, descent, handling;
+    drones.flight): over the pickup after the flight there, or at `not_before` when later (the
+    drone then takes off later); done at the dropoff after both handlings and the leg."""
+    schedule = delivery_schedule(
+        to_pickup_km=candidate.to_pickup_km,
+        leg_km=candidate.leg_km,
+        speed_kmh=candidate.speed_kmh,
+    )
+    pickup_eta = start + timedelta(seconds=schedule.to_pickup)
     if not_before is not None and pickup_eta < not_before:
         pickup_eta = not_before
     return FlightPlan(
@@ -543,6 +552,6 @@ def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None
         pickup_to_dropoff_km=candidate.leg_km,
         dropoff_to_base_km=candidate.to_base_km,
         pickup_eta=pickup_eta,
-        dropoff_eta=pickup_eta + timedelta(hours=candidate.leg_km / candidate.speed_kmh),
+        dropoff_eta=pickup_eta + timedelta(seconds=schedule.pickup_to_delivered),
         drone_position=candidate.position,
     )

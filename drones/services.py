@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -14,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from drones.geo import EARTH_RADIUS_KM, Point
-from drones.models import Base, Drone, DroneModel
+from drones.models import Base, Drone, DroneModel, TelemetryKey
 from drones.selectors import (
     FlightPlan,
     delivery_impossible_reason,
@@ -50,15 +49,14 @@ def drone_reserve(
     weight_kg: float,
     start: datetime,
     not_before: datetime | None = None,
-    then: Callable[[FlightPlan], None] | None = None,
 ) -> FlightPlan:
-    """Book the best free drone for the delivery and return its flight plan.
+    """Book the best free drone for the delivery and return its flight plan: search
+    (`drone_plan_best`), then `drone_claim`, again while other claims win the race.
 
     The search only reads, outside any transaction of this call's; each claim is a
-    compare-and-swap in a short transaction of its own (a savepoint when the caller has one),
-    together with `then(plan)`, with which the caller records the booking on its side. If
-    `then` raises, the claim is undone with what it wrote. So the write lock (SQLite's one
-    writer, PostgreSQL's row locks) is held for a few statements, not for the search.
+    compare-and-swap in a short transaction of its own (a savepoint when the caller has one).
+    The delivery workflow does the same with its own status change in the claim's transaction
+    (deliveries.services.delivery_assign).
 
     Idempotent: a delivery that already has a drone gets that drone's plan again (the unique
     booking column says so when a second claim is tried). Raises DeliveryImpossible when no
@@ -68,10 +66,8 @@ def drone_reserve(
     def book(plan: FlightPlan) -> FlightPlan | None:
         try:
             with transaction.atomic():
-                if not _claim(drone_id=plan.drone_id, delivery_id=delivery_id):
+                if not drone_claim(drone_id=plan.drone_id, delivery_id=delivery_id):
                     return None  # another delivery took it between our read and our write
-                if then is not None:
-                    then(plan)
                 return plan
         except IntegrityError:
             # Only assigned_delivery_id is unique among the columns written: this delivery
@@ -79,9 +75,6 @@ def drone_reserve(
             booked = booked_plan()
             if booked is None:
                 raise
-            with transaction.atomic():
-                if then is not None:
-                    then(booked)
             return booked
 
     def booked_plan() -> FlightPlan | None:
@@ -112,9 +105,6 @@ def drone_reserve(
     # Nothing free to claim: unless this delivery has had its drone all along.
     booked = booked_plan()
     if booked is not None:
-        with transaction.atomic():
-            if then is not None:
-                then(booked)
         return booked
     if lost:
         logger.info("delivery %s lost the race for %d drones", delivery_id, len(lost))
@@ -126,7 +116,7 @@ def drone_reserve(
     raise NoDroneFree("No drone able to make this delivery is free now; it will be retried.")
 
 
-def _claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
+def drone_claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
     """Compare-and-swap: book the drone if it is still free; False if someone else has it.
 
     Where rows can be locked, a drone another transaction is claiming right now is passed
@@ -287,3 +277,42 @@ def fleet_seed(
         bases=[SeededBase(b.pk, b.name, b.lat, b.lon, per_base[b.pk]) for b in bases],
         drone_ids=[d.pk for d in drones],
     )
+
+
+# --- telemetry credentials --------------------------------------------------------------------
+
+
+def telemetry_key_create(
+    *,
+    name: str,
+    drone_id: UUID | None = None,
+    base_ids: list[UUID] | None = None,
+) -> tuple[TelemetryKey, str]:
+    """A credential for one drone, or for a gateway reporting for the drones of some bases.
+    Returns the key record and the key itself, which is shown once (only its hash is kept)."""
+    if (drone_id is None) == (not base_ids):
+        raise Unprocessable(
+            "a telemetry key is either one drone's or a gateway's for some bases; give one",
+            field="drone",
+        )
+    with transaction.atomic():
+        if drone_id is not None and not Drone.objects.filter(pk=drone_id).exists():
+            raise NotFound(f"No drone {drone_id}.")
+        record, key = TelemetryKey.objects.create_key(name=name, drone_id=drone_id)
+        assert isinstance(record, TelemetryKey)
+        if base_ids:
+            bases = list(Base.objects.filter(pk__in=base_ids))
+            if len(bases) != len(set(base_ids)):
+                raise NotFound("Some of the bases do not exist.")
+            record.bases.set(bases)
+    return record, key
+
+
+def telemetry_key_revoke(*, prefix: str) -> TelemetryKey:
+    record = TelemetryKey.objects.filter(prefix=prefix).first()
+    if record is None:
+        raise NotFound(f"no telemetry key with prefix {prefix!r}")
+    if not record.revoked:
+        record.revoked = True
+        record.save(update_fields=["revoked"])
+    return record

@@ -244,7 +244,9 @@ DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "Fabrikam Drone Delivery <nore
 # probes reach pods over plain HTTP and must not be redirected.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz/"]
+# Drones' gateways inside the cluster (the fleet simulator) post telemetry to the web Service
+# over plain HTTP; from outside it arrives through the TLS ingress like everything else.
+SECURE_REDIRECT_EXEMPT = [r"^healthz/", r"^api/v1/telemetry$"]
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
@@ -349,10 +351,30 @@ DRONE_BATTERY_RESERVE_PCT = float(envstr("DRONE_BATTERY_RESERVE_PCT") or 20)
 # How old the fleet's shape (which models live at which bases) may be when the API refuses a
 # delivery no drone could ever make; the workflow always checks against the database.
 FLEET_SHAPE_CACHE_SECONDS = float(envstr("FLEET_SHAPE_CACHE_SECONDS") or 30)
+# How far ahead a pickup may be scheduled, and how long before its pickup time a scheduled
+# delivery books its drone (a drone is never held for days).
+DELIVERY_MAX_DAYS_AHEAD = envint("DELIVERY_MAX_DAYS_AHEAD", 7)
+DELIVERY_BOOKING_LEAD_SECONDS = envint("DELIVERY_BOOKING_LEAD_SECONDS", 30 * 60)
+
+# The fleet: telemetry and the simulator.
+# A drone that has not reported for this long is `lost`: never assigned, its delivery flagged.
+DRONE_LOST_AFTER_SECONDS = envint("DRONE_LOST_AFTER_SECONDS", 30)
+# A drone landing with less battery than this charges before it flies again.
+DRONE_MIN_DISPATCH_PCT = float(envstr("DRONE_MIN_DISPATCH_PCT") or 40)
+# Telemetry keeps every drone's latest position in Redis; the database gets it at most this
+# often per drone (and at every change of stage or state).
+TELEMETRY_DB_WRITE_SECONDS = float(envstr("TELEMETRY_DB_WRITE_SECONDS") or 5)
+# How many times faster than real time the fleet simulator flies. The flight model (ETAs,
+# plans) uses it too, so that ETAs stay in the real clock; 1 wherever real drones fly.
+FLEET_SIM_SPEEDUP = float(envstr("FLEET_SIM_SPEEDUP") or 1)
+if FLEET_SIM_SPEEDUP <= 0:
+    raise ImproperlyConfigured(f"FLEET_SIM_SPEEDUP must be more than 0, not {FLEET_SIM_SPEEDUP}")
 
 CELERY_BEAT_SCHEDULE = {
     "outbox-relay": {"task": "workers.outbox_relay", "schedule": 5.0},
     "deliveries-sweep": {"task": "workers.deliveries_sweep", "schedule": 30.0},
+    "deliveries-book-due": {"task": "workers.deliveries_book_due", "schedule": 5.0},
+    "drones-watch": {"task": "workers.drones_watch", "schedule": 5.0},
     "housekeeping": {"task": "workers.housekeeping", "schedule": 3600.0},
 }
 

@@ -14,6 +14,7 @@ from celery import Task, shared_task
 
 from deliveries import services
 from deliveries.models import Delivery
+from drones import telemetry
 from packages.services import package_upsert
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,16 @@ def outbox_relay() -> int:
 @shared_task(name="workers.deliveries_sweep")
 def deliveries_sweep() -> int:
     return services.deliveries_sweep()
+
+
+@shared_task(name="workers.deliveries_book_due")
+def deliveries_book_due() -> int:
+    return services.deliveries_book_due()
+
+
+@shared_task(name="workers.drones_watch")
+def drones_watch() -> int:
+    return telemetry.drones_watch()
 
 
 @shared_task(name="workers.housekeeping")

@@ -7,11 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.test import Client, override_settings
 from django.utils import timezone
 
 from businesses.services import api_key_revoke
 from deliveries import services
+from deliveries.lifecycle import delivery_move
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage
 from drones.models import Drone
 from tests.conftest import ApiClient, Tenant, delivery_body, make_fleet
@@ -31,6 +33,14 @@ def assign(delivery_id: str) -> Delivery:
     outcome = services.delivery_assign(delivery_id=uuid.UUID(delivery_id))
     assert outcome.result == "assigned", outcome
     return Delivery.objects.get(pk=delivery_id)
+
+
+def advance(
+    delivery_id: uuid.UUID, *stages: str, position: tuple[float, float, float] | None = None
+) -> None:
+    """Move the delivery through `stages` as telemetry would, each through the lifecycle."""
+    for stage in stages:
+        delivery_move(Delivery.objects.get(pk=delivery_id), stage, position=position)
 
 
 # --- authentication and rate limits -----------------------------------------------------------
@@ -289,7 +299,7 @@ def test_status_comes_from_redis_and_falls_back_to_the_database(tenant: Tenant, 
     # Written after commit (on_commit does not run inside a test transaction): the first read
     # came from the database. Put a marker in Redis and see it read from there.
     get_redis_connection("default").set(
-        status_key(body["id"]), '{"status": "from-redis", "drone_location": null}'
+        status_key(body["id"]), '0,0\n{"status": "from-redis", "drone_location": null}'
     )
     assert tenant.client.get(f"{DELIVERIES}/{body['id']}/status").json()["status"] == "from-redis"
 
@@ -343,31 +353,40 @@ def test_cancel_before_pickup_releases_the_drone(tenant: Tenant, fleet: Any) -> 
 def test_cancel_after_pickup_is_refused_with_the_reason(tenant: Tenant, fleet: Any) -> None:
     body = create(tenant)
     delivery = assign(body["id"])
-    services.delivery_advance(delivery_id=delivery.id, status="en_route_to_pickup")
-    services.delivery_advance(delivery_id=delivery.id, status="en_route_to_dropoff")
+    advance(delivery.id, "en_route_to_pickup", "at_pickup", "en_route_to_dropoff")
     response = tenant.client.post_json(f"{DELIVERIES}/{body['id']}/cancel")
     assert response.status_code == 409
     assert "picked up" in response.json()["error"]["message"]
     assert Drone.objects.get(deliveries=delivery).assigned_delivery_id == delivery.id
 
 
-def test_reschedule_before_pickup_moves_it_and_looks_for_a_drone_again(
+def test_reschedule_before_pickup_moves_it_reprices_it_and_looks_for_a_drone_again(
     tenant: Tenant, fleet: Any
 ) -> None:
     body = create(tenant)
     delivery = assign(body["id"])
     later = timezone.now() + timedelta(hours=3)
+    farther = {"lat": 47.64, "lon": -122.30}
     response = tenant.client.patch_json(
-        f"{DELIVERIES}/{body['id']}",
-        {"pickup_time": later.isoformat(), "dropoff": {"lat": 47.615, "lon": -122.32}},
+        f"{DELIVERIES}/{body['id']}", {"pickup_time": later.isoformat(), "dropoff": farther}
     )
     assert response.status_code == 200, response.json()
     assert response.json()["status"] == "requested"
-    assert response.json()["dropoff"]["lat"] == 47.615
+    assert response.json()["dropoff"]["lat"] == 47.64
+    # A longer trip costs more.
+    assert float(response.json()["price"]["amount"]) > float(body["price"]["amount"])
     assert delivery.drone_id is not None
     assert Drone.objects.get(pk=delivery.drone_id).assigned_delivery_id is None
-    # The workflow runs again and finds a drone, honouring the new pickup time.
-    outcome = services.delivery_assign(delivery_id=delivery.id, attempt=delivery.attempts + 1)
+    # Three hours ahead: no drone is held until shortly before the pickup.
+    rescheduled = Delivery.objects.get(pk=body["id"])
+    assert rescheduled.book_at == later - timedelta(seconds=settings.DELIVERY_BOOKING_LEAD_SECONDS)
+    assert services.delivery_assign(
+        delivery_id=delivery.id, attempt=rescheduled.attempts
+    ).result == "done"
+    # When the booking time comes, the workflow finds a drone, honouring the new pickup time.
+    Delivery.objects.filter(pk=body["id"]).update(book_at=timezone.now() - timedelta(seconds=1))
+    assert services.deliveries_book_due() == 1
+    outcome = services.delivery_assign(delivery_id=delivery.id, attempt=rescheduled.attempts)
     assert outcome.result == "assigned"
     assert outcome.delivery is not None and outcome.delivery.pickup_eta is not None
     assert outcome.delivery.pickup_eta >= later
@@ -376,7 +395,7 @@ def test_reschedule_before_pickup_moves_it_and_looks_for_a_drone_again(
 def test_reschedule_after_the_drone_set_off_is_409(tenant: Tenant, fleet: Any) -> None:
     body = create(tenant)
     delivery = assign(body["id"])
-    services.delivery_advance(delivery_id=delivery.id, status="en_route_to_pickup")
+    advance(delivery.id, "en_route_to_pickup")
     later = (timezone.now() + timedelta(hours=3)).isoformat()
     response = tenant.client.patch_json(f"{DELIVERIES}/{body['id']}", {"pickup_time": later})
     assert response.status_code == 409
@@ -467,10 +486,9 @@ def test_every_stage_change_is_an_event_and_impossible_jumps_are_refused(
     body = create(tenant)
     delivery = assign(body["id"])
     with pytest.raises(services.InvalidStageTransition):
-        services.delivery_advance(delivery_id=delivery.id, status="delivered")
-    stages = ["en_route_to_pickup", "en_route_to_dropoff", "delivered"]
-    for stage in stages:
-        services.delivery_advance(delivery_id=delivery.id, status=stage, position=(47.6, -122.3, 8))
+        advance(delivery.id, "delivered")
+    stages = ["en_route_to_pickup", "at_pickup", "en_route_to_dropoff", "at_dropoff", "delivered"]
+    advance(delivery.id, *stages, position=(47.6, -122.3, 8))
     events = DeliveryEvent.objects.filter(delivery=delivery)
     assert list(events.values_list("status", flat=True)) == ["requested", "assigned", *stages]
     assert Drone.objects.get(deliveries=delivery).assigned_delivery_id is None
@@ -514,7 +532,7 @@ def test_the_dropoff_can_move_after_the_requested_pickup_time_has_passed(
 def test_a_failed_or_cancelled_stage_frees_the_drone(tenant: Tenant, fleet: Any) -> None:
     for final in ("failed", "cancelled"):
         delivery = assign(create(tenant)["id"])
-        services.delivery_advance(delivery_id=delivery.id, status=final, note="operator")
+        advance(delivery.id, final)
         assert not Drone.objects.filter(assigned_delivery_id=delivery.id).exists(), final
 
 

@@ -113,9 +113,14 @@ def test_the_plan_gives_distances_and_etas_at_cruise_speed() -> None:
     assert plan.to_pickup_km == pytest.approx(6.0, rel=1e-3)
     assert plan.pickup_to_dropoff_km == pytest.approx(2.0, rel=1e-3)
     assert plan.dropoff_to_base_km == pytest.approx(distance_km(DROPOFF, Point(home.lat, home.lon)))
-    assert plan.pickup_eta == pytest.approx(START + timedelta(minutes=6), abs=timedelta(seconds=1))
+    # The flight profile: a climb to 60 m at 5 m/s (12 s), 6 km at 60 km/h, a descent to the
+    # 5 m handling height at 4 m/s (13.75 s).
+    assert plan.pickup_eta == pytest.approx(
+        START + timedelta(seconds=12 + 360 + 13.75), abs=timedelta(seconds=1)
+    )
+    # 30 s of handling, a climb from 5 m (11 s), 2 km, the descent, 30 s of handling.
     assert plan.dropoff_eta - plan.pickup_eta == pytest.approx(
-        timedelta(minutes=2), abs=timedelta(seconds=1)
+        timedelta(seconds=30 + 11 + 120 + 13.75 + 30), abs=timedelta(seconds=1)
     )
 
 
@@ -129,7 +134,9 @@ def test_the_pickup_is_not_planned_before_the_requested_time() -> None:
 
     assert plan is not None
     assert plan.pickup_eta == later
-    assert plan.dropoff_eta == pytest.approx(later + timedelta(minutes=2), abs=timedelta(seconds=1))
+    assert plan.dropoff_eta == pytest.approx(
+        later + timedelta(seconds=30 + 11 + 120 + 13.75 + 30), abs=timedelta(seconds=1)
+    )
 
 
 def test_the_choice_matches_a_search_of_the_whole_fleet() -> None:

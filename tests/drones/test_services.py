@@ -143,28 +143,6 @@ def test_a_delivery_booked_concurrently_gets_that_booking_and_the_transaction_su
     assert Drone.objects.get(pk=free.pk).assigned_delivery_id is None
 
 
-def test_what_the_caller_records_with_a_claim_is_undone_with_it_when_it_fails() -> None:
-    model = drone_model()
-    only = drone(model, base())
-    delivery_id = uuid.uuid4()
-
-    def refuse(plan: FlightPlan) -> None:
-        Base.objects.create(name="written with the claim", lat=0.0, lon=0.0)
-        raise RuntimeError("the caller's side failed")
-
-    with pytest.raises(RuntimeError):
-        drone_reserve(
-            delivery_id=delivery_id,
-            pickup=PICKUP,
-            dropoff=DROPOFF,
-            weight_kg=1.0,
-            start=START,
-            then=refuse,
-        )
-    assert Drone.objects.get(pk=only.pk).assigned_delivery_id is None
-    assert not Base.objects.filter(name="written with the claim").exists()
-
-
 def test_releasing_frees_the_drone_once() -> None:
     model = drone_model()
     drone(model, base())

@@ -1,0 +1,170 @@
+"""The one place a delivery changes stage.
+
+Every door (the API, admin, Celery tasks, telemetry) moves a delivery with `delivery_move`,
+which checks the transition table, compare-and-swaps on the status and version it was given,
+writes the event (time, drone position, note), releases the drone when the delivery no longer
+needs it, and writes the live status, versioned so that an older copy never overwrites a newer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from deliveries import live
+from deliveries.models import Delivery, DeliveryEvent
+from drones.services import drone_release
+from portal.db import insert
+from portal.errors import Conflict
+
+Status = Delivery.Status
+Position = tuple[float, float, float]
+
+# Which status may follow which.
+# - Cancelling is allowed until the package is picked up (the drone, if flying, goes home).
+# - Back to `requested`: rescheduled, the drone grounded or lost before pickup (another drone
+#   is needed), or an operator's retry of a failed delivery.
+# - `failed`: the workflow gave up, or an operator marked it.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.REQUESTED: frozenset(
+        {Status.REQUESTED, Status.ASSIGNED, Status.CANCELLED, Status.FAILED}
+    ),
+    Status.ASSIGNED: frozenset(
+        {Status.EN_ROUTE_TO_PICKUP, Status.REQUESTED, Status.CANCELLED, Status.FAILED}
+    ),
+    Status.EN_ROUTE_TO_PICKUP: frozenset(
+        {Status.AT_PICKUP, Status.REQUESTED, Status.CANCELLED, Status.FAILED}
+    ),
+    Status.AT_PICKUP: frozenset(
+        {Status.EN_ROUTE_TO_DROPOFF, Status.REQUESTED, Status.CANCELLED, Status.FAILED}
+    ),
+    Status.EN_ROUTE_TO_DROPOFF: frozenset({Status.AT_DROPOFF, Status.FAILED}),
+    Status.AT_DROPOFF: frozenset({Status.DELIVERED, Status.FAILED}),
+    Status.DELIVERED: frozenset(),
+    Status.CANCELLED: frozenset(),
+    Status.FAILED: frozenset({Status.REQUESTED}),
+}
+# Until the package is on board: cancelling is allowed, and a grounded drone is replaced.
+BEFORE_PICKUP = frozenset(
+    {Status.REQUESTED, Status.ASSIGNED, Status.EN_ROUTE_TO_PICKUP, Status.AT_PICKUP}
+)
+PACKAGE_ABOARD = frozenset({Status.EN_ROUTE_TO_DROPOFF, Status.AT_DROPOFF})
+# A delivery in one of these holds its drone.
+WITH_DRONE = frozenset(
+    {
+        Status.ASSIGNED,
+        Status.EN_ROUTE_TO_PICKUP,
+        Status.AT_PICKUP,
+        Status.EN_ROUTE_TO_DROPOFF,
+        Status.AT_DROPOFF,
+    }
+)
+FINISHED = frozenset({Status.DELIVERED, Status.CANCELLED, Status.FAILED})
+
+
+class InvalidStageTransition(Conflict):
+    code = "invalid_transition"
+
+
+class StaleDelivery(Conflict):
+    """The delivery changed since the caller read it (another door moved it first)."""
+
+    code = "conflict"
+
+
+def delivery_move(
+    delivery: Delivery,
+    to: str,
+    *,
+    at: datetime | None = None,
+    note: str = "",
+    position: Position | None = None,
+    changes: dict[str, Any] | None = None,
+) -> Delivery:
+    """Move `delivery`, as the caller read it, to status `to`; returns it updated in place.
+
+    In the caller's transaction if there is one. Raises InvalidStageTransition when the table
+    does not allow the move, StaleDelivery when the delivery is no longer what the caller read.
+    `changes` are other fields written in the same swap (a drone, ETAs, a failure reason).
+    Leaving the drone-holding stages for `requested` or a finished one releases the drone.
+    """
+    if to not in TRANSITIONS[delivery.status]:
+        raise InvalidStageTransition(
+            f"a delivery cannot go from {delivery.status.replace('_', ' ')} "
+            f"to {to.replace('_', ' ')}"
+        )
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": to, "version": delivery.version + 1, "updated_at": now}
+    if to != Status.REQUESTED:
+        fields["next_attempt_at"] = None
+    drone_id = delivery.drone_id
+    release = drone_id is not None and (to in FINISHED or to == Status.REQUESTED)
+    if to == Status.REQUESTED:
+        # Whatever belonged to the last assignment is forgotten: its drone, its ETAs and the
+        # email about them, a failure.
+        fields.update(
+            drone_id=None,
+            pickup_eta=None,
+            dropoff_eta=None,
+            eta_notified_at=None,
+            failure_reason="",
+            attention="",
+        )
+    if to in FINISHED:
+        fields["book_at"] = None
+    fields.update(changes or {})
+    lat, lon, alt = position if position else (None, None, None)
+    with transaction.atomic():
+        swapped = Delivery.objects.filter(
+            pk=delivery.pk, status=delivery.status, version=delivery.version
+        ).update(**fields)
+        if not swapped:
+            raise StaleDelivery(f"delivery {delivery.pk} changed meanwhile; read it again")
+        if release and drone_id is not None:
+            drone_release(drone_id=drone_id, delivery_id=delivery.pk)
+        insert(
+            DeliveryEvent(
+                delivery=delivery,
+                status=to,
+                at=at or now,
+                lat=lat,
+                lon=lon,
+                alt_m=alt,
+                note=note[:300],
+            )
+        )
+        for name, value in fields.items():
+            setattr(delivery, name, value)
+        live.status_write(delivery, drone_location=position, at=at or now)
+    return delivery
+
+
+def delivery_flag(
+    delivery: Delivery,
+    attention: str,
+    *,
+    at: datetime | None = None,
+    position: Position | None = None,
+) -> None:
+    """Draw operators' attention to a delivery (its drone lost contact, was grounded with the
+    package aboard), or clear it with an empty `attention`; an event of its current status
+    says what happened. Not a change of stage."""
+    with transaction.atomic():
+        Delivery.objects.filter(pk=delivery.pk).update(attention=attention[:200])
+        lat, lon, alt = position if position else (None, None, None)
+        note = attention or "back to normal"
+        insert(
+            DeliveryEvent(
+                delivery=delivery,
+                status=delivery.status,
+                at=at or timezone.now(),
+                lat=lat,
+                lon=lon,
+                alt_m=alt,
+                note=note[:300],
+            )
+        )
+    delivery.attention = attention[:200]

@@ -1,0 +1,574 @@
+"""What moves drones and their deliveries: telemetry reports, drones losing contact, operators
+grounding drones. And what each drone is told in the answer to its reports (its orders).
+
+A report is a drone's position, speed, heading and battery at a time. Each drone's latest
+applied report is kept in Redis (`drone:{id}:last`); the database gets the position at most
+every TELEMETRY_DB_WRITE_SECONDS per drone and at every change of state. The stages of a
+delivery are read from the position, as a ground station would (drones.flight): the drone
+left the ground, is over the pickup at the handling altitude, has risen from it, and so on;
+every such change goes through the lifecycle (deliveries.lifecycle.delivery_move), stamped with
+the report's time and position. ETAs are recomputed from every report, from the route left and
+the drone's recent ground speed, and written to the live status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from deliveries import live
+from deliveries.lifecycle import (
+    BEFORE_PICKUP,
+    PACKAGE_ABOARD,
+    WITH_DRONE,
+    InvalidStageTransition,
+    StaleDelivery,
+    delivery_flag,
+    delivery_move,
+)
+from deliveries.models import Delivery
+from drones import flight
+from drones.geo import Point
+from drones.models import Drone
+from portal.errors import Conflict, NotFound
+
+logger = logging.getLogger(__name__)
+
+Status = Delivery.Status
+State = Drone.State
+LAST_TTL_SECONDS = 24 * 3600
+# How much the newest cruise speed counts in the recent ground speed.
+SPEED_WEIGHT = 0.5
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Report:
+    drone: str  # serial
+    time: datetime
+    lat: float
+    lon: float
+    alt_m: float
+    ground_speed_mps: float
+    heading: float
+    battery_pct: float
+
+    @property
+    def position(self) -> Point:
+        return Point(self.lat, self.lon)
+
+    @property
+    def t_ms(self) -> int:
+        return int(self.time.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who reports: one drone's key, or a gateway's key for the drones of some bases."""
+
+    key_prefix: str
+    drone_id: UUID | None = None
+    base_ids: frozenset[UUID] = frozenset()
+
+    def may_report_for(self, drone: Drone) -> bool:
+        return drone.pk == self.drone_id or drone.base_id in self.base_ids
+
+
+@dataclass
+class ItemResult:
+    index: int
+    drone: str
+    result: str  # accepted, ignored or refused
+    reason: str = ""
+
+
+@dataclass
+class BatchOutcome:
+    results: list[ItemResult] = field(default_factory=list)
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _Last:
+    """A drone's latest applied report, as kept in Redis."""
+
+    t: int = 0  # ms
+    lat: float = 0.0
+    lon: float = 0.0
+    alt: float = 0.0
+    v: float = 0.0
+    hdg: float = 0.0
+    bat: float = 0.0
+    db: int = 0  # ms of the report last written to the database
+    kmh: float | None = None  # recent cruise speed, km/h of sim time
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> _Last | None:
+        if not raw:
+            return None
+        return cls(**json.loads(raw))
+
+    def dump(self) -> str:
+        return json.dumps(self.__dict__)
+
+
+def _last_key(drone_id: UUID) -> str:
+    return f"drone:{drone_id}:last"
+
+
+# --- telemetry in ----------------------------------------------------------------------------
+
+
+def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) -> BatchOutcome:
+    """Apply a batch of reports (with their indexes in the batch): each drone's in time order,
+    ignoring one not newer than the last applied (out of order, or a duplicate), refusing one
+    for a drone the reporter may not report for. Returns each item's result and the orders of
+    every drone that reported."""
+    outcome = BatchOutcome()
+    if not reports:
+        return outcome
+    serials = {report.drone for _, report in reports}
+    drones = {
+        d.serial: d
+        for d in Drone.objects.filter(serial__in=serials).select_related("model", "base")
+    }
+    now = timezone.now()
+    mine: dict[str, list[tuple[int, Report]]] = defaultdict(list)
+    for index, report in reports:
+        drone = drones.get(report.drone)
+        if drone is None:
+            outcome.results.append(
+                ItemResult(index, report.drone, "refused", f"there is no drone {report.drone}")
+            )
+        elif not reporter.may_report_for(drone):
+            outcome.results.append(
+                ItemResult(
+                    index, report.drone, "refused", f"this key may not report for {report.drone}"
+                )
+            )
+        elif report.time > now + CLOCK_SKEW:
+            outcome.results.append(
+                ItemResult(index, report.drone, "refused", "the report's time is in the future")
+            )
+        else:
+            mine[report.drone].append((index, report))
+    if not mine:
+        return outcome
+
+    flying = [drones[serial] for serial in mine]
+    deliveries = {
+        d.pk: d
+        for d in Delivery.objects.filter(
+            pk__in=[drone.assigned_delivery_id for drone in flying if drone.assigned_delivery_id]
+        )
+    }
+    redis = get_redis_connection("default")
+    lasts = redis.mget([_last_key(drone.pk) for drone in flying])
+    positions: dict[UUID, dict[str, Any]] = {}
+    delivery_etas: dict[UUID, Delivery] = {}
+    live_writes: list[tuple[UUID, int, datetime, dict[str, Any]]] = []
+    new_lasts: dict[UUID, _Last] = {}
+    for drone, raw in zip(flying, lasts, strict=True):
+        last = _Last.parse(raw)
+        delivery = (
+            deliveries.get(drone.assigned_delivery_id) if drone.assigned_delivery_id else None
+        )
+        applied: Report | None = None
+        write_db = False
+        for index, report in sorted(mine[drone.serial], key=lambda item: item[1].time):
+            if last is not None and report.t_ms <= last.t:
+                outcome.results.append(
+                    ItemResult(
+                        index, drone.serial, "ignored", "not newer than the last report applied"
+                    )
+                )
+                continue
+            changed = _apply(drone, delivery, report)
+            write_db = write_db or changed
+            last = _next_last(last, report)
+            applied = report
+            outcome.results.append(ItemResult(index, drone.serial, "accepted"))
+            if delivery is not None and delivery.status in WITH_DRONE:
+                _estimate(delivery, drone, report, last)
+                live_writes.append(
+                    (delivery.pk, delivery.version, report.time, _live_doc(delivery, report))
+                )
+        if applied is None or last is None:
+            continue
+        write_every_ms = settings.TELEMETRY_DB_WRITE_SECONDS * 1000
+        if write_db or applied.t_ms - last.db >= write_every_ms:
+            last.db = applied.t_ms
+            here = applied.position
+            base = Point(drone.base.lat, drone.base.lon)
+            if flight.landed_at(here, applied.alt_m, base):
+                here = base  # home: exactly where the drone choice looks for drones at home
+            positions[drone.pk] = {
+                "lat": here.lat,
+                "lon": here.lon,
+                "alt_m": applied.alt_m,
+                "battery_pct": applied.battery_pct,
+                "last_report_at": applied.time,
+            }
+            if delivery is not None and delivery.status in WITH_DRONE:
+                delivery_etas[delivery.pk] = delivery
+        new_lasts[drone.pk] = last
+
+    _write_database(positions, delivery_etas)
+    pipeline = redis.pipeline(transaction=False)
+    for drone_id, last in new_lasts.items():
+        pipeline.set(_last_key(drone_id), last.dump(), ex=LAST_TTL_SECONDS)
+    pipeline.execute()
+    live.statuses_write(live_writes)
+    for drone, raw in zip(flying, lasts, strict=True):
+        # Every report ignored: the orders from what was known before.
+        last = new_lasts.get(drone.pk) or _Last.parse(raw)
+        delivery = (
+            deliveries.get(drone.assigned_delivery_id) if drone.assigned_delivery_id else None
+        )
+        outcome.commands[drone.serial] = drone_orders(drone, delivery, last)
+    outcome.results.sort(key=lambda item: item.index)
+    return outcome
+
+
+def _next_last(last: _Last | None, report: Report) -> _Last:
+    kmh = last.kmh if last is not None else None
+    if report.alt_m >= flight.CRUISE_ALT_M - 1 and report.ground_speed_mps > 0.5:
+        sample = report.ground_speed_mps * 3.6 / flight.speedup()
+        kmh = sample if kmh is None else SPEED_WEIGHT * sample + (1 - SPEED_WEIGHT) * kmh
+    return _Last(
+        t=report.t_ms,
+        lat=report.lat,
+        lon=report.lon,
+        alt=report.alt_m,
+        v=report.ground_speed_mps,
+        hdg=report.heading,
+        bat=report.battery_pct,
+        db=last.db if last is not None else 0,
+        kmh=kmh,
+    )
+
+
+def _apply(drone: Drone, delivery: Delivery | None, report: Report) -> bool:
+    """What one report changes: the drone's state and its delivery's stage. True when something
+    changed (the position then goes to the database at once)."""
+    changed = False
+    position, alt = report.position, report.alt_m
+    base = Point(drone.base.lat, drone.base.lon)
+    if drone.state == State.LOST:
+        changed |= _set_state(drone, _state_on_return(drone, report))
+        if delivery is not None and delivery.status in WITH_DRONE and delivery.attention:
+            delivery_flag(delivery, "", at=report.time, position=_position(report))
+    carrying = delivery is not None and delivery.status in WITH_DRONE
+    if carrying and drone.state != State.GROUNDED:
+        assert delivery is not None
+        changed |= _advance(drone, delivery, report)
+        carrying = delivery.status in WITH_DRONE
+    if carrying:
+        return changed
+    if drone.state == State.FLYING and flight.landed_at(position, alt, base):
+        changed |= _set_state(drone, _state_on_ground(report))
+    elif drone.state == State.CHARGING and report.battery_pct >= settings.DRONE_MIN_DISPATCH_PCT:
+        changed |= _set_state(drone, State.IDLE)
+    elif drone.state in (State.IDLE, State.CHARGING) and flight.is_airborne(alt):
+        changed |= _set_state(drone, State.FLYING)
+    return changed
+
+
+def _advance(drone: Drone, delivery: Delivery, report: Report) -> bool:
+    """Move the delivery through the stages the position shows (several if the drone went
+    through them between two reports)."""
+    position, alt = report.position, report.alt_m
+    pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
+    dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
+    changed = False
+    for _ in range(5):
+        status = delivery.status
+        if status == Status.ASSIGNED and flight.is_airborne(alt):
+            to, note = Status.EN_ROUTE_TO_PICKUP, f"drone {drone.serial} took off"
+            changed |= _set_state(drone, State.FLYING)
+        elif status == Status.EN_ROUTE_TO_PICKUP and flight.arrived_at(position, alt, pickup):
+            to, note = Status.AT_PICKUP, "arrived at the pickup"
+        elif status == Status.AT_PICKUP and flight.left(position, alt, pickup):
+            to, note = Status.EN_ROUTE_TO_DROPOFF, "picked up"
+        elif status == Status.EN_ROUTE_TO_DROPOFF and flight.arrived_at(position, alt, dropoff):
+            to, note = Status.AT_DROPOFF, "arrived at the dropoff"
+        elif status == Status.AT_DROPOFF and flight.left(position, alt, dropoff):
+            to, note = Status.DELIVERED, "delivered"
+        else:
+            return changed
+        try:
+            delivery_move(delivery, to, at=report.time, note=note, position=_position(report))
+        except (StaleDelivery, InvalidStageTransition):
+            # Moved by another door meanwhile (cancelled): read it again, next report acts.
+            delivery.refresh_from_db()
+            return True
+        changed = True
+    return changed
+
+
+def _estimate(delivery: Delivery, drone: Drone, report: Report, last: _Last) -> None:
+    """The delivery's ETAs from this report: the route left, at the drone's recent cruise
+    speed (its model's until it has cruised), with the climbs, descents and handling left."""
+    speed = last.kmh or drone.model.cruise_speed_kmh
+    pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
+    dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
+    to_pickup, to_done = flight.remaining_seconds(
+        position=report.position,
+        alt_m=report.alt_m,
+        stage=delivery.status,
+        pickup=pickup,
+        dropoff=dropoff,
+        speed_kmh=speed,
+    )
+    start = report.time
+    if delivery.status == Status.ASSIGNED and to_pickup is not None:
+        takeoff = _takeoff_at(delivery, to_pickup)
+        if takeoff is not None and takeoff > start:
+            start = takeoff
+    if to_pickup is not None:
+        delivery.pickup_eta = start + timedelta(seconds=to_pickup)
+    delivery.dropoff_eta = start + timedelta(seconds=to_done)
+
+
+def _takeoff_at(delivery: Delivery, to_pickup_seconds: float) -> datetime | None:
+    """When a drone booked for a scheduled pickup takes off, so as to be there on time."""
+    if delivery.pickup_time is None:
+        return None
+    return delivery.pickup_time - timedelta(seconds=to_pickup_seconds)
+
+
+def _live_doc(delivery: Delivery, report: Report) -> dict[str, Any]:
+    return live.status_of(
+        delivery,
+        {
+            "lat": report.lat,
+            "lon": report.lon,
+            "alt_m": report.alt_m,
+            "heading": report.heading,
+            "ground_speed_mps": report.ground_speed_mps,
+            "at": report.time.isoformat().replace("+00:00", "Z"),
+        },
+    )
+
+
+def _position(report: Report) -> tuple[float, float, float]:
+    return (report.lat, report.lon, report.alt_m)
+
+
+def _state_on_ground(report: Report) -> str:
+    if report.battery_pct < settings.DRONE_MIN_DISPATCH_PCT:
+        return State.CHARGING
+    return State.IDLE
+
+
+def _state_on_return(drone: Drone, report: Report) -> str:
+    """The state of a lost drone heard from again."""
+    base = Point(drone.base.lat, drone.base.lon)
+    if flight.landed_at(report.position, report.alt_m, base):
+        return _state_on_ground(report)
+    return State.FLYING
+
+
+def _set_state(drone: Drone, state: str) -> bool:
+    """Compare-and-swap the drone's state, so that an operator grounding it meanwhile wins."""
+    if drone.state == state:
+        return False
+    if Drone.objects.filter(pk=drone.pk, state=drone.state).update(
+        state=state, updated_at=timezone.now()
+    ):
+        drone.state = state
+        return True
+    drone.refresh_from_db(fields=["state", "assigned_delivery_id"])
+    return False
+
+
+def _write_database(
+    positions: dict[UUID, dict[str, Any]], deliveries: dict[UUID, Delivery]
+) -> None:
+    """Positions and ETAs, in one short transaction for the batch."""
+    if not positions and not deliveries:
+        return
+    with transaction.atomic():
+        for drone_id, values in positions.items():
+            Drone.objects.filter(pk=drone_id).update(**values)
+        for delivery in deliveries.values():
+            # Only if no stage change came between: the lifecycle wrote its own.
+            Delivery.objects.filter(pk=delivery.pk, version=delivery.version).update(
+                pickup_eta=delivery.pickup_eta, dropoff_eta=delivery.dropoff_eta
+            )
+
+
+# --- orders for the drones ------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _latlon(point: Point) -> dict[str, float]:
+    return {"lat": point.lat, "lon": point.lon}
+
+
+def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) -> dict[str, Any]:
+    """What the drone is to do now, sent in the answer to each of its reports (its uplink):
+    fly its delivery, come home, or stand by. The same orders every time, so a drone acts on
+    a change and a restarted one picks up where it was."""
+    base = Point(drone.base.lat, drone.base.lon)
+    here = Point(last.lat, last.lon) if last is not None else Point(drone.lat, drone.lon)
+    alt = last.alt if last is not None else drone.alt_m
+    if (
+        delivery is not None
+        and delivery.status in WITH_DRONE
+        and drone.state not in (State.GROUNDED, State.LOST)
+    ):
+        pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
+        dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
+        takeoff = None
+        if delivery.status == Status.ASSIGNED:
+            to_pickup, _ = flight.remaining_seconds(
+                position=here,
+                alt_m=alt,
+                stage=Status.ASSIGNED,
+                pickup=pickup,
+                dropoff=dropoff,
+                speed_kmh=drone.model.cruise_speed_kmh,
+            )
+            takeoff = _takeoff_at(delivery, to_pickup or 0.0)
+        return {
+            "type": "deliver",
+            "delivery_id": str(delivery.pk),
+            "stage": delivery.status,
+            "takeoff_at": _iso(takeoff),
+            "payload_kg": delivery.package_weight_kg,
+            "pickup": _latlon(pickup),
+            "dropoff": _latlon(dropoff),
+            "base": _latlon(base),
+            "routes": {
+                "to_pickup": [[here.lat, here.lon], [pickup.lat, pickup.lon]],
+                "to_dropoff": [[pickup.lat, pickup.lon], [dropoff.lat, dropoff.lon]],
+                "to_base": [[dropoff.lat, dropoff.lon], [base.lat, base.lon]],
+            },
+        }
+    if flight.landed_at(here, alt, base):
+        return {"type": "stand_by"}
+    return {
+        "type": "return_to_base",
+        "base": _latlon(base),
+        "route": [[here.lat, here.lon], [base.lat, base.lon]],
+    }
+
+
+# --- drones that stop reporting -------------------------------------------------------------
+
+
+def drones_watch(*, now: datetime | None = None) -> int:
+    """Mark `lost` the drones silent for DRONE_LOST_AFTER_SECONDS (beat, every few seconds):
+    never assigned while lost, their deliveries flagged to operators with an event. A lost
+    drone recovers with its next report. Returns how many were marked."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.DRONE_LOST_AFTER_SECONDS)
+    silent = list(
+        Drone.objects.filter(last_report_at__lt=cutoff)
+        .exclude(state__in=[State.LOST, State.GROUNDED])
+        .values_list("pk", "serial", "state", "assigned_delivery_id", "lat", "lon", "alt_m")[:1000]
+    )
+    if not silent:
+        return 0
+    # The database has a drone's position every few seconds; Redis has its latest report.
+    lasts = get_redis_connection("default").mget([_last_key(row[0]) for row in silent])
+    marked = 0
+    for (drone_id, serial, state, delivery_id, lat, lon, alt), raw in zip(
+        silent, lasts, strict=True
+    ):
+        last = _Last.parse(raw)
+        heard = datetime.fromtimestamp(last.t / 1000, tz=now.tzinfo) if last else None
+        if heard is not None and heard >= cutoff:
+            continue
+        if not Drone.objects.filter(pk=drone_id, state=state, last_report_at__lt=cutoff).update(
+            state=State.LOST, updated_at=now
+        ):
+            continue
+        marked += 1
+        logger.warning("drone %s lost contact", serial)
+        delivery = Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
+        if delivery is not None and delivery.status in WITH_DRONE:
+            position = (last.lat, last.lon, last.alt) if last else (lat, lon, alt)
+            delivery_flag(
+                delivery,
+                f"drone {serial} lost contact"
+                + (f" (last heard at {heard:%H:%M:%S} UTC)" if heard else ""),
+                position=position,
+            )
+    return marked
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+def drone_ground(*, drone_id: UUID) -> Drone:
+    """Take a drone out of service: it is never assigned while grounded. A delivery it holds
+    whose package is not yet aboard gets another drone; one whose package is aboard is flagged
+    for operators. A drone in the air is sent home (the answer to its next report says so)."""
+    from deliveries.services import delivery_replace_drone
+
+    with transaction.atomic():
+        drone = Drone.objects.select_for_update().filter(pk=drone_id).first()
+        if drone is None:
+            raise NotFound(f"No drone {drone_id}.")
+        if drone.state == State.GROUNDED:
+            return drone
+        Drone.objects.filter(pk=drone.pk).update(state=State.GROUNDED, updated_at=timezone.now())
+        drone.state = State.GROUNDED
+        delivery = (
+            Delivery.objects.filter(pk=drone.assigned_delivery_id).first()
+            if drone.assigned_delivery_id
+            else None
+        )
+        if delivery is not None and delivery.status in BEFORE_PICKUP:
+            delivery_replace_drone(
+                delivery_id=delivery.pk,
+                reason=f"drone {drone.serial} grounded by an operator; finding another drone",
+            )
+            drone.assigned_delivery_id = None
+        elif delivery is not None and delivery.status in PACKAGE_ABOARD:
+            delivery_flag(
+                delivery,
+                f"drone {drone.serial} grounded with the package aboard; it is flying back to "
+                "its base",
+            )
+    return drone
+
+
+def drone_return_to_service(*, drone_id: UUID) -> Drone:
+    """Release a grounded drone: idle (or charging) if it is on the ground at its base, else
+    flying home, to be idle once it lands."""
+    drone = Drone.objects.select_related("base").filter(pk=drone_id).first()
+    if drone is None:
+        raise NotFound(f"No drone {drone_id}.")
+    if drone.state != State.GROUNDED:
+        raise Conflict(
+            f"drone {drone.serial} is {drone.state}, not grounded", code="drone_not_grounded"
+        )
+    last = _Last.parse(get_redis_connection("default").get(_last_key(drone.pk)))
+    here = Point(last.lat, last.lon) if last else Point(drone.lat, drone.lon)
+    alt = last.alt if last else drone.alt_m
+    battery = last.bat if last else drone.battery_pct
+    if flight.landed_at(here, alt, Point(drone.base.lat, drone.base.lon)):
+        state = State.IDLE if battery >= settings.DRONE_MIN_DISPATCH_PCT else State.CHARGING
+    else:
+        state = State.FLYING
+    Drone.objects.filter(pk=drone.pk, state=State.GROUNDED).update(
+        state=state, updated_at=timezone.now()
+    )
+    drone.state = state
+    return drone
