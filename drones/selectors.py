@@ -77,10 +77,25 @@ def delivery_impossible_reason(
     its home base; None when some drone could (whether one is free now or not).
 
     With `max_age_seconds` the fleet's shape (which models live at which bases) may come from
-    this process's memory, that old at most: the API's early refusal uses it, since the shape
-    changes when drones are bought, not per request; the workflow asks without it.
+    this process's memory, that old at most, to say yes: the API's early check uses it, since
+    the shape changes when drones are bought, not per request. A no is always asked of the
+    database, so that a drone added a moment ago serves the very next request.
     """
-    pairs = _populated_pairs(max_age_seconds) if max_age_seconds > 0 else _fleet_pairs()
+    if max_age_seconds > 0:
+        if (
+            _impossible_reason(_populated_pairs(max_age_seconds), pickup, dropoff, weight_kg)
+            is None
+        ):
+            return None
+        global _populated
+        _populated = None
+        return _impossible_reason(_populated_pairs(max_age_seconds), pickup, dropoff, weight_kg)
+    return _impossible_reason(_fleet_pairs(), pickup, dropoff, weight_kg, cached=False)
+
+
+def _impossible_reason(
+    pairs: list[_Pair], pickup: Point, dropoff: Point, weight_kg: float, *, cached: bool = True
+) -> str | None:
     heaviest = max((p.model.max_payload_kg for p in pairs if p.model.has_drones), default=None)
     if heaviest is None:
         return "There are no drones in the fleet."
@@ -98,7 +113,7 @@ def delivery_impossible_reason(
     def in_range(pair: _Pair) -> bool:
         return trip_km(pair) <= _usable_km(pair.model, battery_pct=100.0)
 
-    if max_age_seconds > 0:
+    if cached:
         # Every remembered pair has drones: the first one within range settles it.
         if any(in_range(pair) for pair in able):
             return None
