@@ -1,13 +1,55 @@
-"""The public tracking page: anyone with the unguessable link, no login."""
+"""The public tracking page: anyone with the unguessable link, no login.
+
+Rendered on the server with the current status (and a refresh every 15 s without JavaScript);
+deliveries/static/deliveries/track.js then follows the live feed (deliveries.stream), whose
+address the page carries: LIVE_BASE_URL when the live process has a host of its own, else this
+same origin (the ingress sends /live/ to the live process).
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from deliveries import live, selectors
+from deliveries.models import Delivery
 from portal.errors import NotFound
+
+STAGE_LABELS: dict[str, str] = {
+    Delivery.Status.REQUESTED: "Requested: finding a drone",
+    Delivery.Status.ASSIGNED: "Drone assigned",
+    Delivery.Status.EN_ROUTE_TO_PICKUP: "On its way to the pickup",
+    Delivery.Status.AT_PICKUP: "Picking up the package",
+    Delivery.Status.EN_ROUTE_TO_DROPOFF: "On its way to you",
+    Delivery.Status.AT_DROPOFF: "Dropping off the package",
+    Delivery.Status.DELIVERED: "Delivered",
+    Delivery.Status.CANCELLED: "Cancelled",
+    Delivery.Status.FAILED: "Failed",
+}
+
+
+def live_feed_url(token: str) -> str:
+    path = reverse("live-track", kwargs={"token": token})
+    base: str = getattr(settings, "LIVE_BASE_URL", "") or ""
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+def _moment(value: Any) -> datetime | None:
+    """An ISO time of the status document as an aware datetime (None when absent or bad)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if timezone.is_aware(moment) else timezone.make_aware(moment)
 
 
 @require_GET
@@ -17,4 +59,14 @@ def track(request: HttpRequest, token: str) -> HttpResponse:
     except NotFound:
         raise Http404("no delivery has this tracking link") from None
     status = live.status_read(delivery.id) or live.status_of(delivery)
-    return render(request, "deliveries/track.html", {"delivery": delivery, "live": status})
+    context = {
+        "delivery": delivery,
+        "live": status,
+        "stage": STAGE_LABELS.get(str(status.get("status")), status.get("status")),
+        "pickup_eta": _moment(status.get("pickup_eta")),
+        "dropoff_eta": _moment(status.get("dropoff_eta")),
+        "live_url": live_feed_url(token),
+        "stage_labels": STAGE_LABELS,
+        "server_now_ms": int(timezone.now().timestamp() * 1000),
+    }
+    return render(request, "deliveries/track.html", context)
