@@ -380,9 +380,10 @@ def test_reschedule_before_pickup_moves_it_reprices_it_and_looks_for_a_drone_aga
     # Three hours ahead: no drone is held until shortly before the pickup.
     rescheduled = Delivery.objects.get(pk=body["id"])
     assert rescheduled.book_at == later - timedelta(seconds=settings.DELIVERY_BOOKING_LEAD_SECONDS)
-    assert services.delivery_assign(
-        delivery_id=delivery.id, attempt=rescheduled.attempts
-    ).result == "done"
+    assert (
+        services.delivery_assign(delivery_id=delivery.id, attempt=rescheduled.attempts).result
+        == "done"
+    )
     # When the booking time comes, the workflow finds a drone, honouring the new pickup time.
     Delivery.objects.filter(pk=body["id"]).update(book_at=timezone.now() - timedelta(seconds=1))
     assert services.deliveries_book_due() == 1
@@ -550,3 +551,71 @@ def test_an_unreachable_redis_is_503_not_500(tenant: Tenant) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "unavailable"
     assert response["Retry-After"]
+
+
+# --- scheduled pickups ------------------------------------------------------------------------
+
+
+def test_a_pickup_days_ahead_holds_no_drone_until_shortly_before_it(
+    tenant: Tenant, fleet: Any
+) -> None:
+    pickup_time = timezone.now() + timedelta(days=2)
+    body = create(tenant, pickup_time=pickup_time.isoformat())
+    delivery = Delivery.objects.get(pk=body["id"])
+    lead = timedelta(seconds=settings.DELIVERY_BOOKING_LEAD_SECONDS)
+    assert delivery.book_at == pickup_time - lead
+    # Not yet: a message that arrives anyway does nothing, and no drone is held.
+    assert services.delivery_assign(delivery_id=delivery.pk).result == "done"
+    assert services.deliveries_book_due() == 0
+    assert not Drone.objects.filter(assigned_delivery_id__isnull=False).exists()
+    # Nor does the sweeper of lost messages start it early.
+    Delivery.objects.filter(pk=delivery.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.deliveries_sweep() == 0
+
+    Delivery.objects.filter(pk=delivery.pk).update(book_at=timezone.now())
+    assert services.deliveries_book_due() == 1
+    assert services.deliveries_book_due() == 0  # once
+    outcome = services.delivery_assign(delivery_id=delivery.pk)
+    assert outcome.result == "assigned"
+    assert outcome.delivery is not None and outcome.delivery.pickup_eta == pickup_time
+
+
+@pytest.mark.parametrize(
+    "pickup_time", ["9999-12-31T23:59:59Z", "2999-01-01T00:00:00+14:00", "0001-01-01T00:00:00Z"]
+)
+def test_an_absurd_pickup_time_is_422_never_500(
+    tenant: Tenant, fleet: Any, pickup_time: str
+) -> None:
+    for path in (DELIVERIES, "/api/v1/quotes"):
+        response = tenant.client.post_json(path, delivery_body(pickup_time=pickup_time))
+        assert response.status_code == 422, response.content
+        assert response.json()["error"]["fields"]["pickup_time"]
+
+
+def test_a_pickup_more_than_the_allowed_days_ahead_is_422_saying_so(
+    tenant: Tenant, fleet: Any
+) -> None:
+    days = settings.DELIVERY_MAX_DAYS_AHEAD
+    too_far = (timezone.now() + timedelta(days=days, hours=1)).isoformat()
+    response = tenant.client.post_json(DELIVERIES, delivery_body(pickup_time=too_far))
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "pickup_time_too_far"
+    assert f"at most {days} days ahead" in response.json()["error"]["message"]
+    within = (timezone.now() + timedelta(days=days - 1)).isoformat()
+    assert tenant.client.post_json(DELIVERIES, delivery_body(pickup_time=within)).status_code == 202
+
+
+def test_the_wait_for_a_drone_counts_from_the_pickup_time(tenant: Tenant) -> None:
+    make_fleet(1)
+    busy = create(tenant)
+    assign(busy["id"])
+    soon = timezone.now() + timedelta(minutes=10)  # within the booking lead: booked at once
+    waiting = create(tenant, pickup_time=soon.isoformat())
+    # Created long ago, but its pickup is still ahead: it keeps waiting instead of failing.
+    Delivery.objects.filter(pk=waiting["id"]).update(created_at=timezone.now() - timedelta(hours=3))
+    DeliveryEvent.objects.filter(delivery_id=waiting["id"]).update(
+        at=timezone.now() - timedelta(hours=3)
+    )
+    outcome = services.delivery_assign(delivery_id=uuid.UUID(waiting["id"]))
+    assert outcome.result == "wait"
+    assert Delivery.objects.get(pk=waiting["id"]).status == "requested"
