@@ -1,11 +1,12 @@
 """The deployment rules of issue 4, asserted on what Helm renders for dev and prod and on the
 cluster manifests kustomize builds (fixtures in conftest.py).
 
-Rules: every container has probes (where a probe can mean something), requests, limits and the
-restricted security context; every scalable Deployment has an autoscaler and a disruption
-budget; beat runs exactly one replica with Recreate; a default deny exists and every allowed
-network flow is one of the flows listed here; one workload identity per component; secrets only
-as Key Vault files.
+Rules: every container has probes, requests, limits and the restricted security context; every
+scalable Deployment has an autoscaler and a disruption budget; beat and the simulator run
+exactly one replica with Recreate; a default deny exists and every allowed network flow is one
+of the flows listed here; one workload identity per component; secrets only as Key Vault files;
+the Ingresses route /live/ to live and the rest to web; the namespace quota holds the chart at
+full scale.
 """
 
 from __future__ import annotations
@@ -15,13 +16,24 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import CHART, ENVIRONMENTS, NAMESPACE, REPO, toolbox, values_files
+from .conftest import (
+    CHART,
+    ENVIRONMENTS,
+    NAMESPACE,
+    REPO,
+    run_tool,
+    tool,
+    toolbox,
+    values_files,
+)
 
 # Who may talk to what: the contract of the application (deploy/README.md). Every destination is
-# configured as CIDRs and ports under networkPolicy.destinations in the values.
+# configured as CIDRs and ports under networkPolicy.destinations in the values, except the
+# release's own components (SERVERS), reached as their pods on their container ports.
 EGRESS: dict[str, set[str]] = {
     "web": {"postgres", "redis", "mongodb", "serviceBus", "keyVault", "azureMonitor", "entraId"},
     "worker": {
@@ -36,9 +48,12 @@ EGRESS: dict[str, set[str]] = {
         "webhooks",
     },
     "beat": {"postgres", "redis", "serviceBus", "azureMonitor", "entraId"},
-    "simulator": {"postgres", "redis", "azureMonitor", "entraId"},
+    "simulator": {"web", "postgres", "redis", "azureMonitor", "entraId"},
+    "live": {"postgres", "redis", "azureMonitor", "entraId"},
     "migrations": {"postgres", "azureMonitor", "entraId"},
 }
+# The components that serve HTTP, and on which container port.
+SERVERS: dict[str, int] = {"web": 8000, "live": 8001}
 # Ports each destination must use (the app's contract), whatever the CIDRs.
 PORTS: dict[str, set[int]] = {
     "postgres": {5432},
@@ -50,6 +65,14 @@ PORTS: dict[str, set[int]] = {
     "entraId": {443},
     "smtp": {587},
     "webhooks": {443},
+    **{name: {port} for name, port in SERVERS.items()},
+}
+# What /healthz/ready checks, and the destination each check needs.
+READINESS_DEPENDENCIES = {
+    "database": "postgres",
+    "redis": "redis",
+    "mongodb": "mongodb",
+    "broker": "serviceBus",
 }
 DNS = ("dns", 53)
 SECRET_VARIABLES = {
@@ -104,6 +127,26 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def annotations_of(obj: dict[str, Any]) -> dict[str, str]:
     return obj["metadata"].get("annotations") or {}
+
+
+def container_of(objs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The one container of a component's Deployment."""
+    (container,) = by_component(objs, "Deployment")[name]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def quantity(value: str | int | float) -> float:
+    """A Kubernetes quantity (cpu or memory) as a number: cores, or bytes."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * units[suffix]
+    return float(text)
 
 
 @pytest.fixture(params=ENVIRONMENTS)
@@ -167,16 +210,16 @@ def test_the_seed_resources_are_the_web_and_worker_defaults(objs: list[dict[str,
 def test_every_long_running_container_has_startup_liveness_and_readiness_probes(
     objs: list[dict[str, Any]],
 ) -> None:
+    names = set()
     for deployment in of_kind(objs, "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         name = component(deployment)
-        if name == "simulator":
-            # No health signal to probe yet: skipped in checkov with the reason, dev only.
-            skips = " ".join(annotations_of(deployment).values())
-            assert "CKV_K8S_8=" in skips and "CKV_K8S_9=" in skips
-            continue
+        names.add(name)
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in container, f"{name} has no {probe}"
+        # No component is exempt from checkov's probe checks any more.
+        assert not [k for k in annotations_of(deployment) if k.startswith("checkov.io/skip")]
+    assert names >= {"web", "worker", "beat", "live"}
 
 
 def test_web_probes_use_the_health_endpoints_with_an_allowed_host(
@@ -193,6 +236,54 @@ def test_web_probes_use_the_health_endpoints_with_an_allowed_host(
         assert headers["Host"] in allowed
 
 
+def test_live_probes_use_the_health_endpoints_on_its_own_port_with_an_allowed_host(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    live = container_of(objs, "live")
+    (port,) = live["ports"]
+    assert port == {"name": "http", "containerPort": values["live"]["port"], "protocol": "TCP"}
+    assert port["containerPort"] == SERVERS["live"]
+    allowed = env_of(live)["ALLOWED_HOSTS"].split(",")
+    paths = {}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = live[probe]["httpGet"]
+        assert get["port"] in ("http", port["containerPort"]), probe
+        headers = {h["name"]: h["value"] for h in get["httpHeaders"]}
+        assert headers["Host"] in allowed
+        paths[probe] = get["path"]
+    assert paths == {
+        "startupProbe": "/healthz/live",
+        "livenessProbe": "/healthz/live",
+        "readinessProbe": "/healthz/ready",
+    }
+
+
+def test_live_readiness_checks_only_the_dependencies_its_network_policy_allows(
+    objs: list[dict[str, Any]],
+) -> None:
+    checks = env_of(container_of(objs, "live"))["HEALTHCHECK_READY_CHECKS"].split(",")
+    assert checks
+    for check in checks:
+        assert READINESS_DEPENDENCIES[check] in EGRESS["live"], check
+
+
+def test_live_runs_uvicorn_on_its_port_and_lets_streams_end_before_it_is_killed(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    deployment = by_component(objs, "Deployment")["live"]
+    pod = deployment["spec"]["template"]["spec"]
+    command = pod["containers"][0]["command"]
+    assert command[:2] == ["uvicorn", "portal.asgi:application"]
+    options = dict(zip(command[2::2], command[3::2], strict=True))
+    assert options["--host"] == "0.0.0.0"  # noqa: S104 - inside the pod, behind its policy
+    assert options["--port"] == str(values["live"]["port"])
+    grace = int(options["--timeout-graceful-shutdown"])
+    assert grace < pod["terminationGracePeriodSeconds"]
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert (REPO / "portal" / "asgi.py").is_file()
+
+
 def test_worker_probes_detect_a_hung_worker_by_its_heartbeat(objs: list[dict[str, Any]]) -> None:
     worker = by_component(objs, "Deployment")["worker"]["spec"]["template"]["spec"]
     container = worker["containers"][0]
@@ -201,6 +292,65 @@ def test_worker_probes_detect_a_hung_worker_by_its_heartbeat(objs: list[dict[str
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         command = container[probe]["exec"]["command"]
         assert command[:3] == ["python", "-m", "workers.liveness"]
+
+
+def test_simulator_probes_read_the_heartbeat_file_it_writes_on_tmp(
+    rendered: dict[str, dict[str, Any]],
+) -> None:
+    dev = objects(rendered, "dev")
+    pod = by_component(dev, "Deployment")["simulator"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    heartbeat = env_of(container)["SIMULATOR_HEARTBEAT_FILE"]
+    assert heartbeat == "/tmp/simulator-heartbeat"
+    # /tmp is the pod's writable emptyDir, as for the worker.
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert "emptyDir" in volume
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command == [
+            "python",
+            "-m",
+            "workers.liveness",
+            "--file",
+            heartbeat,
+            "--max-age",
+            "30",
+        ], probe
+    # A fresh install waits for web (migrations, then startup) before the first heartbeat.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 180
+
+
+def test_simulator_calls_the_web_service_by_a_name_web_allows(
+    rendered: dict[str, dict[str, Any]],
+) -> None:
+    dev = objects(rendered, "dev")
+    url = urlsplit(env_of(container_of(dev, "simulator"))["FLEET_SIM_API_URL"])
+    assert url.scheme == "http"
+    services = {s["metadata"]["name"]: s for s in of_kind(dev, "Service")}
+    service = services[url.hostname]
+    assert component(service) == "web"
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    web = container_of(dev, "web")
+    (target,) = [p for p in web["ports"] if port["targetPort"] in (p["name"], p["containerPort"])]
+    assert target["containerPort"] == SERVERS["web"]
+    # Django checks the Host header: the Service's name is the Host the simulator sends.
+    assert url.hostname in env_of(web)["ALLOWED_HOSTS"].split(",")
+    # Without the simulator the name is not allowed: only the public host is.
+    prod_web = container_of(objects(rendered, "prod"), "web")
+    assert env_of(prod_web)["ALLOWED_HOSTS"] == load_values("prod")["host"]
+
+
+def test_every_process_flies_the_fleet_at_the_same_speedup(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    expected = values["simulator"]["speedup"] if values["simulator"]["enabled"] else 1
+    speedups = {
+        component(w): env_of(pod["containers"][0])["FLEET_SIM_SPEEDUP"]
+        for w, pod in workloads(objs)
+    }
+    assert set(speedups.values()) == {str(expected)}, speedups
 
 
 def test_beat_probe_checks_that_the_schedule_file_is_rewritten(objs: list[dict[str, Any]]) -> None:
@@ -227,9 +377,19 @@ def test_every_process_runs_the_same_image(objs: list[dict[str, Any]]) -> None:
     assert commands["web"].startswith("gunicorn portal.wsgi:application --bind 0.0.0.0:8000")
     assert commands["worker"].startswith("celery -A portal worker")
     assert commands["beat"].startswith("celery -A portal beat")
+    assert commands["live"].startswith("uvicorn portal.asgi:application --host 0.0.0.0")
     assert commands["migrations"] == "python manage.py migrate --noinput"
+    if "simulator" in commands:
+        assert commands["simulator"] == "python manage.py simulate_fleet"
     # The modules those commands and probes name are in the repository (read, not imported).
-    for module in ("portal/wsgi.py", "portal/celery.py", "workers/liveness.py", "manage.py"):
+    for module in (
+        "portal/wsgi.py",
+        "portal/asgi.py",
+        "portal/celery.py",
+        "workers/liveness.py",
+        "drones/management/commands/simulate_fleet.py",
+        "manage.py",
+    ):
         assert (REPO / module).is_file(), module
 
 
@@ -245,7 +405,7 @@ def test_each_scalable_deployment_has_an_autoscaler_and_a_disruption_budget(
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(objs, "ScaledObject")}
     pdbs = of_kind(objs, "PodDisruptionBudget")
     scalable = [d for d in of_kind(objs, "Deployment") if d["spec"].get("replicas", 2) != 1]
-    assert {component(d) for d in scalable} == {"web", "worker"}
+    assert {component(d) for d in scalable} == {"web", "worker", "live"}
     for deployment in scalable:
         name = deployment["metadata"]["name"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -315,7 +475,7 @@ def test_the_simulator_is_on_in_dev_and_off_in_prod(rendered: dict[str, dict[str
 
 def test_scalable_pods_spread_across_zones(objs: list[dict[str, Any]]) -> None:
     deployments = by_component(objs, "Deployment")
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "live"):
         constraints = deployments[name]["spec"]["template"]["spec"]["topologySpreadConstraints"]
         keys = {c["topologyKey"] for c in constraints}
         assert "topology.kubernetes.io/zone" in keys
@@ -443,8 +603,15 @@ def test_the_chart_and_the_cluster_both_deny_all_traffic_by_default(
 
 
 def peer(rule_peer: dict[str, Any], values: dict[str, Any]) -> str:
-    """Name the destination a policy peer stands for, from the values' CIDRs."""
+    """Name the destination a policy peer stands for: a component of the release (its pods),
+    the cluster DNS, or a destination of the values (by its CIDRs)."""
     dns = values["networkPolicy"]["dns"]
+    if set(rule_peer) == {"podSelector"}:
+        # A pod selector alone: pods of the release's namespace, which must be one component's.
+        labels = rule_peer["podSelector"]["matchLabels"]
+        assert labels["app.kubernetes.io/instance"] == "drone-delivery", rule_peer
+        assert not rule_peer["podSelector"].get("matchExpressions"), rule_peer
+        return str(labels[COMPONENT])
     if "ipBlock" not in rule_peer:
         expected = {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": dns["namespace"]}},
@@ -495,6 +662,7 @@ def test_every_allowed_flow_is_listed_and_nothing_else(
     objs: list[dict[str, Any]], values: dict[str, Any]
 ) -> None:
     policies = of_kind(objs, "NetworkPolicy")
+    running = {component(w) for w, _pod in workloads(objs)}
     checked = set()
     for workload, _pod in workloads(objs):
         name = component(workload)
@@ -502,9 +670,35 @@ def test_every_allowed_flow_is_listed_and_nothing_else(
         ingress, egress = flows(policies, labels, values)
         expected_egress = {DNS} | {(d, port) for d in EGRESS[name] for port in PORTS[d]}
         assert egress == expected_egress, name
-        assert ingress == ({("appGateway", 8000)} if name == "web" else set()), name
+        expected_ingress = set()
+        if name in SERVERS:
+            # The Application Gateway, and the release's components that call this one.
+            clients = {"appGateway"} | {c for c in running if name in EGRESS[c]}
+            expected_ingress = {(client, SERVERS[name]) for client in clients}
+        assert ingress == expected_ingress, name
         checked.add(name)
-    assert checked >= {"web", "worker", "beat", "migrations"}
+    assert checked >= {"web", "worker", "beat", "live", "migrations"}
+
+
+def test_the_simulator_may_reach_web_and_web_admits_it(
+    rendered: dict[str, dict[str, Any]],
+) -> None:
+    dev = objects(rendered, "dev")
+    values = load_values("dev")
+    policies = of_kind(dev, "NetworkPolicy")
+    deployments = by_component(dev, "Deployment")
+    simulator = deployments["simulator"]["spec"]["template"]["metadata"]["labels"]
+    web = deployments["web"]["spec"]["template"]["metadata"]["labels"]
+    assert ("web", 8000) in flows(policies, simulator, values)[1]
+    assert ("simulator", 8000) in flows(policies, web, values)[0]
+    # The web pods' port: what the Service forwards to, what the policies see.
+    (port,) = deployments["web"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert port["containerPort"] == 8000
+    # In prod the simulator is off and nothing but the gateway reaches web.
+    prod = objects(rendered, "prod")
+    prod_web = by_component(prod, "Deployment")["web"]["spec"]["template"]["metadata"]["labels"]
+    ingress, _ = flows(of_kind(prod, "NetworkPolicy"), prod_web, load_values("prod"))
+    assert ingress == {("appGateway", 8000)}
 
 
 def test_webhooks_may_not_reach_private_networks_or_instance_metadata(
@@ -519,23 +713,93 @@ def test_webhooks_may_not_reach_private_networks_or_instance_metadata(
 # --- ingress ----------------------------------------------------------------------------------
 
 
+def routes(ingress: dict[str, Any]) -> dict[str, str]:
+    """path -> the component whose Service it goes to."""
+    (rule,) = ingress["spec"]["rules"]
+    return {
+        p["path"]: p["backend"]["service"]["name"].removeprefix("drone-delivery-")
+        for p in rule["http"]["paths"]
+    }
+
+
 def test_ingress_serves_the_public_paths_over_tls_through_the_waf_and_hides_healthz(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    ingresses = of_kind(objs, "Ingress")
+    assert {component(i) for i in ingresses} == {"web", "live"}
+    services = {s["metadata"]["name"]: s for s in of_kind(objs, "Service")}
+    for ingress in ingresses:
+        notes = annotations_of(ingress)
+        assert ingress["spec"]["ingressClassName"] == "azure-application-gateway"
+        assert notes["appgw.ingress.kubernetes.io/appgw-ssl-certificate"]
+        assert notes["appgw.ingress.kubernetes.io/ssl-redirect"] == "true"
+        waf = notes["appgw.ingress.kubernetes.io/waf-policy-for-path"]
+        assert waf.startswith("/subscriptions/")
+        assert notes["appgw.ingress.kubernetes.io/health-probe-path"] == "/healthz/ready"
+        assert notes["appgw.ingress.kubernetes.io/health-probe-hostname"] == values["host"]
+        (rule,) = ingress["spec"]["rules"]
+        assert rule["host"] == values["host"]  # one listener: AGIC merges the two path maps
+        for path in rule["http"]["paths"]:
+            assert path["pathType"] == "Prefix"
+            assert not path["path"].startswith("/healthz")
+            service = services[path["backend"]["service"]["name"]]
+            # The Ingress and its Service belong to the same component, on its named port.
+            assert component(service) == component(ingress)
+            assert path["backend"]["service"]["port"] == {"name": "http"}
+            assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    paths = {path for i in ingresses for path in routes(i)}
+    assert {"/api/", "/track/", "/admin/", "/live/", "/"} <= paths
+
+
+def test_live_paths_go_to_the_live_service_and_everything_else_to_web(
     objs: list[dict[str, Any]],
 ) -> None:
-    (ingress,) = of_kind(objs, "Ingress")
-    notes = annotations_of(ingress)
-    assert ingress["spec"]["ingressClassName"] == "azure-application-gateway"
-    assert notes["appgw.ingress.kubernetes.io/appgw-ssl-certificate"]
-    assert notes["appgw.ingress.kubernetes.io/ssl-redirect"] == "true"
-    assert notes["appgw.ingress.kubernetes.io/waf-policy-for-path"].startswith("/subscriptions/")
-    (rule,) = ingress["spec"]["rules"]
-    paths = {p["path"]: p for p in rule["http"]["paths"]}
-    assert {"/api/", "/track/", "/admin/", "/"} <= set(paths)
-    assert not [p for p in paths if p.startswith("/healthz")]
-    services = {s["metadata"]["name"] for s in of_kind(objs, "Service")}
-    for path in paths.values():
-        assert path["pathType"] == "Prefix"
-        assert path["backend"]["service"]["name"] in services
+    by_name = by_component(objs, "Ingress")
+    assert routes(by_name["live"]) == {"/live/": "live"}
+    web_routes = routes(by_name["web"])
+    assert set(web_routes.values()) == {"web"}
+    assert "/" in web_routes
+    assert not [p for p in web_routes if p.startswith("/live")]
+    # The live Service reaches the live pods on their named port.
+    service = by_component(objs, "Service")["live"]
+    assert service["spec"]["selector"][COMPONENT] == "live"
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+    (container_port,) = container_of(objs, "live")["ports"]
+    assert container_port["name"] == "http"
+
+
+def test_only_the_live_streams_get_a_long_gateway_request_timeout(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    by_name = by_component(objs, "Ingress")
+    timeout = "appgw.ingress.kubernetes.io/request-timeout"
+    live = annotations_of(by_name["live"])
+    # App Gateway drops a response that stays silent for longer than this: a quiet stream
+    # needs more than the default 30 s.
+    assert int(live[timeout]) == values["ingress"]["live"]["requestTimeoutSeconds"]
+    assert int(live[timeout]) >= 60
+    # web keeps App Gateway's default: a hung API request still fails fast.
+    assert timeout not in annotations_of(by_name["web"])
+
+
+def test_a_web_path_that_would_shadow_live_is_refused(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow.yaml"
+    shadow.write_text("ingress:\n  paths: [/api/, /live/deliveries/, /]\n")
+    result = run_tool(
+        [
+            str(tool("python")),
+            str(REPO / "tests" / "deploy" / "toolbox.py"),
+            "render",
+            str(CHART),
+            "drone-delivery",
+            NAMESPACE,
+            str(CHART / "values.yaml"),
+            str(shadow),
+        ]
+    )
+    assert result.returncode != 0
+    assert "ingress.live.path routes it to live" in result.stderr
 
 
 # --- namespace and GitOps -----------------------------------------------------------------------
@@ -559,6 +823,41 @@ def test_the_namespace_has_a_quota_and_limits(
     # A standalone dev install brings its own.
     dev = objects(rendered, "dev")
     assert of_kind(dev, "ResourceQuota") and of_kind(dev, "LimitRange")
+
+
+def test_the_quota_holds_every_component_at_full_scale_during_a_rollout(
+    rendered: dict[str, dict[str, Any]], cluster_build: dict[str, Any], env: str
+) -> None:
+    """Every Deployment at its maximum replicas plus one surge pod (rolling ones), and the
+    migrations Job, fit the namespace's quota: deploy/cluster's in prod, the chart's in dev."""
+    objs = objects(rendered, env)
+    guards = of_kind(objs, "ResourceQuota")
+    (quota,) = guards or of_kind(cluster_build["objects"], "ResourceQuota")
+    hard = quota["spec"]["hard"]
+    maximum = {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
+        for h in of_kind(objs, "HorizontalPodAutoscaler")
+    }
+    maximum |= {
+        s["spec"]["scaleTargetRef"]["name"]: s["spec"]["maxReplicaCount"]
+        for s in of_kind(objs, "ScaledObject")
+    }
+    totals = dict.fromkeys(
+        ("pods", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory"), 0.0
+    )
+    for workload, pod in workloads(objs):
+        pods = 1
+        if workload["kind"] == "Deployment":
+            pods = maximum.get(workload["metadata"]["name"], workload["spec"].get("replicas", 1))
+            pods += workload["spec"]["strategy"]["type"] == "RollingUpdate"
+        totals["pods"] += pods
+        for container in pod["containers"]:
+            for bound in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    amount = quantity(container["resources"][bound][resource])
+                    totals[f"{bound}.{resource}"] += pods * amount
+    for key, total in totals.items():
+        assert total <= quantity(hard[key]), (key, total, hard[key])
 
 
 def test_flux_installs_this_chart_with_the_prod_values_from_this_repository(

@@ -77,13 +77,21 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
 {{- define "dd.env" -}}
 {{- $root := .root }}
 {{- $values := $root.Values }}
-{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" -}}
+{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" "FLEET_SIM_SPEEDUP" -}}
+{{- $hosts := default $values.host $values.env.ALLOWED_HOSTS }}
+{{- if $values.simulator.enabled }}
+{{- /* The simulator calls the web Service by its in-cluster name, which is then its Host. */}}
+{{- $hosts = printf "%s,%s" $hosts (include "dd.componentName" (dict "root" $root "component" "web")) }}
+{{- end -}}
 - name: ALLOWED_HOSTS
-  value: {{ default $values.host $values.env.ALLOWED_HOSTS | quote }}
+  value: {{ $hosts | quote }}
 - name: CSRF_TRUSTED_ORIGINS
   value: {{ default (printf "https://%s" $values.host) $values.env.CSRF_TRUSTED_ORIGINS | quote }}
 - name: CELERY_BROKER_URL
   value: {{ include "dd.brokerUrl" $root | quote }}
+# The simulated fleet's clock rate; ETAs divide by it, so every process gets the same value.
+- name: FLEET_SIM_SPEEDUP
+  value: {{ ternary $values.simulator.speedup 1 $values.simulator.enabled | toString | quote }}
 {{- range $name := keys $env | sortAlpha }}
 - name: {{ $name }}
   value: {{ get $env $name | toString | quote }}
@@ -200,6 +208,19 @@ rollingUpdate:
   maxUnavailable: 0
 {{- end }}
 
+{{/* Port every Service of the chart listens on (the pods' own ports differ). */}}
+{{- define "dd.servicePort" -}}80{{- end }}
+
+{{/* The port a serving component's container listens on: "web" or "live". dict "root" "component" */}}
+{{- define "dd.containerPort" -}}
+{{- if eq .component "web" }}8000{{ else if eq .component "live" }}{{ .root.Values.live.port }}{{ else }}{{ fail (printf "%s serves no port" .component) }}{{ end }}
+{{- end }}
+
+{{/* The web Service as the simulator reaches it inside the cluster. */}}
+{{- define "dd.webServiceUrl" -}}
+{{- printf "http://%s:%s" (include "dd.componentName" (dict "root" . "component" "web")) (include "dd.servicePort" .) }}
+{{- end }}
+
 {{- define "dd.dnsPeer" -}}
 - namespaceSelector:
     matchLabels:
@@ -214,4 +235,19 @@ rollingUpdate:
   protocol: UDP
 - port: 53
   protocol: TCP
+{{- end }}
+
+{{/* Annotations both Ingresses carry (ingress.yaml). */}}
+{{- define "dd.ingressAnnotations" -}}
+# TLS terminates at the Application Gateway with a listener certificate it reads from Key
+# Vault (the private key never enters the cluster); plain HTTP is redirected to HTTPS.
+appgw.ingress.kubernetes.io/appgw-ssl-certificate: {{ required "ingress.appgwSslCertificate is required" .Values.ingress.appgwSslCertificate | quote }}
+appgw.ingress.kubernetes.io/ssl-redirect: "true"
+appgw.ingress.kubernetes.io/waf-policy-for-path: {{ required "ingress.wafPolicyId is required" .Values.ingress.wafPolicyId | quote }}
+appgw.ingress.kubernetes.io/backend-protocol: http
+# App Gateway probes pods directly on the readiness path, with a Host Django accepts.
+appgw.ingress.kubernetes.io/health-probe-path: /healthz/ready
+appgw.ingress.kubernetes.io/health-probe-hostname: {{ .Values.host | quote }}
+appgw.ingress.kubernetes.io/health-probe-status-codes: "200"
+appgw.ingress.kubernetes.io/connection-draining: "true"
 {{- end }}
