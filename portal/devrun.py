@@ -1,7 +1,10 @@
 """What `make run` runs once the local services are up: migrate, demo data, then every process.
 
 Replaces itself with honcho (exec), so the signal `portal.localservices run` forwards on
-Ctrl-C or SIGTERM reaches the supervisor, which stops web, worker, beat and simulator.
+Ctrl-C or SIGTERM reaches the supervisor, which stops web, worker, beat, live and simulator.
+
+The live process (server-sent events) listens on the next port after the web one; the tracking
+page is told to reach it there, and the live process to let that page's origin read it.
 """
 
 from __future__ import annotations
@@ -23,18 +26,23 @@ def main() -> None:
         "WORKER_HEARTBEAT_FILE": str(BASE_DIR / ".local" / "worker-heartbeat"),
         "PYTHONUNBUFFERED": "1",
     }
+    port = env.get("WEB_PORT", "8000")
+    live_port = str(int(port) + 1)
+    env["LIVE_PORT"] = live_port
+    env["LIVE_BASE_URL"] = f"http://127.0.0.1:{live_port}"
+    env["LIVE_ALLOW_ORIGIN"] = f"http://127.0.0.1:{port},http://localhost:{port}"
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=BASE_DIR)
     demo = subprocess.run(
         [*manage, "load_demo"], check=True, env=env, cwd=BASE_DIR, capture_output=True, text=True
     )
-    port = env.get("WEB_PORT", "8000")
     banner = [
         "",
         f"Fabrikam Drone Delivery is starting on http://127.0.0.1:{port}/",
         f"  operators (Django admin): http://127.0.0.1:{port}/admin/",
         f"  readiness:                http://127.0.0.1:{port}/healthz/ready",
         f"  API docs:                 http://127.0.0.1:{port}/api/v1/docs/",
+        f"  live feeds (SSE):         http://127.0.0.1:{live_port}/live/",
         *(f"  {line}" for line in demo.stdout.splitlines()),
         "",
         "Try it:",
@@ -42,6 +50,9 @@ def main() -> None:
         '    -H "Authorization: Api-Key $KEY" -H "Content-Type: application/json" \\',
         """    -d '{"pickup": {"lat": 47.6097, "lon": -122.3422}, "dropoff": {"lat": 47.6205,"""
         """ "lon": -122.3493}, "package": {"size": "small", "weight_kg": 2}}'""",
+        "then follow it live (its id is in the answer):",
+        f"  curl -N http://127.0.0.1:{live_port}/live/deliveries/$ID \\",
+        '    -H "Authorization: Api-Key $KEY"',
         "Press Ctrl-C to stop every process.",
         "",
     ]

@@ -1,7 +1,9 @@
-"""The processes themselves: `make run`, the local services runner, the worker's liveness probe."""
+"""The processes themselves: `make run` (web, worker, beat, live, simulator), the local services
+runner, the worker's liveness probe."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -120,7 +122,12 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
         for child in psutil.Process(make.pid).children(recursive=True):
             tree[child.pid] = child
         names = " ".join(" ".join(p.cmdline()) for p in tree.values())
-        expected_processes = ("gunicorn", "celery -A portal worker", "celery -A portal beat")
+        expected_processes = (
+            "gunicorn",
+            "celery -A portal worker",
+            "celery -A portal beat",
+            "uvicorn portal.asgi:application",
+        )
         for expected in (*expected_processes, "nx-27017"):
             assert expected in names, f"{expected} is not running under make run"
 
@@ -159,6 +166,21 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
             timeout=60,
             what="the demo delivery assigned by make run's worker",
         )
+        # The live process, on the next port, follows the same delivery (its URL in the banner).
+        live_port = port + 1
+        assert f"http://127.0.0.1:{live_port}/live/" in log.read_text()
+        wait_for(
+            lambda: http_status(f"http://127.0.0.1:{live_port}/healthz/live") == 200,
+            timeout=30,
+            what=f"the live process on port {live_port}",
+        )
+        feed_url = f"http://127.0.0.1:{live_port}/live/deliveries/{created.json()['id']}"
+        with requests.get(feed_url, headers=headers, stream=True, timeout=10) as feed:
+            assert feed.status_code == 200
+            assert feed.headers["Content-Type"].startswith("text/event-stream")
+            first = next(line for line in feed.iter_lines() if line.startswith(b"data: "))
+        assert json.loads(first.removeprefix(b"data: "))["status"]
+
         make.send_signal(signal.SIGTERM)
         make.wait(timeout=60)
         _, alive = psutil.wait_procs(list(tree.values()), timeout=30)
