@@ -15,6 +15,8 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
 2. End to end: N deliveries stored through the service while no worker runs (their messages
    queue up in Redis), then `celery -A portal worker` started; deliveries assigned per second.
 3. Drone choice with 10,000 drones: bench/drone_choice.py, its output included.
+4. Telemetry in: `POST /api/v1/telemetry` in batches of 100 from a gateway, reports accepted per
+   second and the web processes' CPU per report (after phase 2, most drones hold a delivery).
 
 The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
 worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
@@ -59,6 +61,8 @@ TARGET_RATIO = 0.35
 TARGET_P99_MS = 50.0
 TARGET_ASSIGNED_PER_S = 150.0
 TARGET_CHOICE_P99_MS = 10.0
+TARGET_TELEMETRY_PER_S = 2000.0
+TELEMETRY_BATCH = 100
 
 
 class Stop(Exception):
@@ -243,7 +247,7 @@ class Made:
 def cleanup(made: Made) -> None:
     from businesses.models import Business
     from deliveries.models import Delivery, IdempotencyRecord, OutboxMessage, Quote
-    from drones.models import Base, Drone
+    from drones.models import Base, Drone, TelemetryKey
 
     deliveries = Delivery.objects.filter(business_id__in=made.business_ids)
     ids = [str(pk) for pk in deliveries.values_list("pk", flat=True)]
@@ -254,6 +258,7 @@ def cleanup(made: Made) -> None:
     Quote.objects.filter(business_id__in=made.business_ids).delete()
     IdempotencyRecord.objects.filter(business_id__in=made.business_ids).delete()
     Business.objects.filter(pk__in=made.business_ids).delete()
+    TelemetryKey.objects.filter(name="bench gateway").delete()
     for first in range(0, len(made.drone_ids), 500):
         Drone.objects.filter(pk__in=made.drone_ids[first : first + 500]).delete()
     Base.objects.filter(pk__in=made.base_ids).delete()
@@ -485,6 +490,119 @@ def end_to_end(
     return result
 
 
+# --- 4. telemetry in ---------------------------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    result: load.Result
+    drones: int
+    web_cpu_s: float
+    wall_s: float
+    with_delivery: int
+    # Batches sent (warm-up included) and distinct batches made: past that they would repeat,
+    # and a repeated report is ignored, not accepted.
+    sent: int = 0
+    distinct: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.result.rate * TELEMETRY_BATCH
+
+    @property
+    def web_cpu_ms_per_report(self) -> float:
+        reports = self.result.completed * TELEMETRY_BATCH
+        return 1000 * self.web_cpu_s / reports if reports else 0.0
+
+
+def telemetry(
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], drone_ids: list[Any]
+) -> Telemetry:
+    """`POST /api/v1/telemetry` in batches of 100 from a gateway of every base, each drone once
+    a second of report time (so positions reach the database every few reports, as in flight).
+    After the end-to-end phase most drones hold an assigned delivery: their reports take the
+    path with ETAs and live status writes."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from drones.models import Base, Drone
+    from drones.services import telemetry_key_create
+
+    drones = list(
+        Drone.objects.filter(pk__in=drone_ids).values_list("serial", "lat", "lon", "base_id")
+    )
+    with_delivery = Drone.objects.filter(
+        pk__in=drone_ids, assigned_delivery_id__isnull=False
+    ).count()
+    _, key = telemetry_key_create(
+        name="bench gateway", base_ids=list(Base.objects.values_list("pk", flat=True))
+    )
+    per_second = max(1, len(drones) // TELEMETRY_BATCH)
+    start = timezone.now() - timedelta(hours=2)
+    headers = {"Content-Type": "application/json", "Authorization": f"Telemetry-Key {key}"}
+    requests = []
+    # Enough distinct batches for the whole run: a repeated report would only be ignored.
+    for i in range(per_second * 200):
+        at = start + timedelta(seconds=i // per_second, milliseconds=i % per_second)
+        first = (i % per_second) * TELEMETRY_BATCH
+        when = at.isoformat().replace("+00:00", "Z")
+        reports = [
+            {"drone": serial, "time": when, "lat": lat, "lon": lon, "alt_m": 0.0,
+             "ground_speed_mps": 0.0, "heading": 0.0, "battery_pct": 95.0}
+            for serial, lat, lon, _ in drones[first : first + TELEMETRY_BATCH]
+        ]  # fmt: skip
+        body = json.dumps({"reports": reports}).encode()
+        requests.append(load.build_request("POST", "/api/v1/telemetry", body, headers))
+    port = free_port()
+    target = load.Target("tele", port, requests)
+    argv = procfile_command("web", WEB_PORT=str(port))
+    log = WORK_DIR / "gunicorn-telemetry.log"
+    print(f"\n== 4. telemetry in ({machine_load()})", flush=True)
+    print(
+        f"   {len(drones)} drones ({with_delivery} with an assigned delivery), batches of "
+        f"{TELEMETRY_BATCH}, {len(requests)} distinct batches (log: {log})",
+        flush=True,
+    )
+    with process(argv, env=env, log=log) as web:
+        wait_http(f"http://127.0.0.1:{port}/healthz/live", timeout=30, child=web, log=log)
+        group = grouper(urls, gunicorn=web.pid)
+        warm = load.closed_loop(target, concurrency=4, seconds=1.5, warmup=0.0)
+        before = cpu.snapshot()
+        result = load.closed_loop(
+            target, concurrency=4, seconds=args.seconds * max(1, args.rounds // 2), warmup=0.0
+        )
+        after = cpu.snapshot()
+        spent = cpu.usage(before, after, group)
+    measured = Telemetry(
+        result,
+        len(drones),
+        spent.get("gunicorn", 0.0),
+        after.at - before.at,
+        with_delivery,
+        sent=warm.completed + result.completed + 8,  # and those outstanding at each end
+        distinct=len(requests),
+    )
+    print(f"   closed loop x4: {describe(result)}", flush=True)
+    print(
+        f"   {measured.rate:.0f} reports/s; web (gunicorn) CPU "
+        f"{measured.web_cpu_ms_per_report:.3f} ms per report, "
+        f"{100 * measured.web_cpu_s / max(1e-9, measured.wall_s):.0f} % of one core",
+        flush=True,
+    )
+    print(
+        "   "
+        + cpu.describe(
+            spent,
+            wall=measured.wall_s,
+            per=max(1, result.completed * TELEMETRY_BATCH),
+            unit="report",
+        ),
+        flush=True,
+    )
+    return measured
+
+
 # --- where the time goes ------------------------------------------------------------------
 
 
@@ -572,6 +690,7 @@ def summary(
     ingest: Ingestion | None,
     e2e: EndToEnd | None,
     choice: DroneChoice | None,
+    tele: Telemetry | None = None,
 ) -> None:
     rows: list[tuple[str, str, str, str]] = []
     if ingest:
@@ -615,6 +734,18 @@ def summary(
                     else "",
                 )
             )
+    if tele:
+        clean = (
+            set(tele.result.statuses) <= {200}
+            and not tele.result.errors
+            and tele.sent <= tele.distinct
+        )
+        rows += [
+            ("telemetry reports accepted/s (batches of 100)", f"{tele.rate:.0f}/s",
+             f">= {TARGET_TELEMETRY_PER_S:g}/s",
+             verdict(tele.rate >= TARGET_TELEMETRY_PER_S and clean)),
+            ("  web CPU per report", f"{tele.web_cpu_ms_per_report:.3f} ms", "", ""),
+        ]  # fmt: skip
     rows.insert(0, ("figure", "measured", "target", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -639,7 +770,11 @@ def main() -> int:
     parser.add_argument("--open-seconds", type=float, default=8.0, help="open-loop duration")
     parser.add_argument("--e2e-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--skip", choices=["ingestion", "e2e", "layers", "choice"], action="append")
+    parser.add_argument(
+        "--skip",
+        choices=["ingestion", "e2e", "layers", "choice", "telemetry"],
+        action="append",
+    )
     args = parser.parse_args()
     skip = set(args.skip or [])
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -668,7 +803,7 @@ def main() -> int:
         }
     )
     env["DATABASE_URL"] = database_url(original)
-    ingest = e2e = choice = None
+    ingest = e2e = choice = tele = None
     vendor = "?"
     try:
         with local_services(env) as urls:
@@ -713,6 +848,8 @@ def main() -> int:
                     ingest = ingestion(args, env, urls, key)
                 if "e2e" not in skip:
                     e2e = end_to_end(args, env, urls, e2e_business.pk)
+                if "telemetry" not in skip:
+                    tele = telemetry(args, env, urls, fleet.drone_ids)
                 if "layers" not in skip:
                     layer_split(args, key, e2e_business.pk)
             finally:
@@ -727,7 +864,7 @@ def main() -> int:
     finally:
         for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
             leftover.unlink()
-    summary(vendor, ingest, e2e, choice)
+    summary(vendor, ingest, e2e, choice, tele)
     return 0
 
 

@@ -306,6 +306,16 @@ WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbea
 API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
 
 HEALTHCHECK_TIMEOUT_SECONDS = float(envstr("HEALTHCHECK_TIMEOUT_SECONDS", "2") or 2)
+# Which dependencies /healthz/ready checks in this process (comma-separated; default all of
+# database, redis, mongodb, broker): the live-feed process needs only the database and Redis,
+# and its network policy lets it reach nothing else.
+HEALTHCHECK_READY_CHECKS = envlist("HEALTHCHECK_READY_CHECKS")
+_unknown_checks = set(HEALTHCHECK_READY_CHECKS) - {"database", "redis", "mongodb", "broker"}
+if _unknown_checks:
+    raise ImproperlyConfigured(
+        f"HEALTHCHECK_READY_CHECKS names unknown checks: {', '.join(sorted(_unknown_checks))}; "
+        "choose from database, redis, mongodb, broker"
+    )
 
 REST_FRAMEWORK: dict[str, object] = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["businesses.auth.ApiKeyAuthentication"],

@@ -228,12 +228,6 @@ def test_live_answers_its_probes_with_the_rendered_command_env_and_host(
     assert get(base + spec["path"], {})[0] == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="portal/health.py checks every dependency in every process; it must honour "
-    "HEALTHCHECK_READY_CHECKS (deploy/README.md, 'What the chart runs'), or a live pod, which "
-    "may not reach MongoDB or Service Bus, is never ready",
-)
 def test_live_readiness_checks_only_what_the_chart_asks_for(
     live: tuple[str, dict[str, Any]],
 ) -> None:

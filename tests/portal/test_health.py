@@ -95,3 +95,14 @@ def test_readiness_answers_503_not_500_when_the_database_is_unreachable(client: 
     response = client.get("/healthz/ready")
     assert response.status_code == 503
     assert "database" in response.json()["failed"]
+
+
+def test_readiness_checks_only_what_the_process_is_told_to(client: Client) -> None:
+    # The live-feed process needs the database and Redis only: a dead broker does not matter.
+    with override_settings(
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        HEALTHCHECK_READY_CHECKS=["redis"],
+    ):
+        response = client.get("/healthz/ready")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"redis": "ok"}
