@@ -153,7 +153,7 @@ def remaining_seconds(
 def _to_stop_seconds(position: Point, alt_m: float, route: list[Point], speed_kmh: float) -> float:
     """Sim seconds until over the route's end at the handling altitude. The drone climbs
     straight up, cruises, and descends straight down over the stop."""
-    rest = _rest_of(route, position)
+    rest = route_rest(route, position)
     km = route_km(rest)
     if km * 1000 <= ARRIVAL_RADIUS_M:
         return max(0.0, alt_m - HANDLING_ALT_M) / DESCENT_MPS
@@ -161,7 +161,7 @@ def _to_stop_seconds(position: Point, alt_m: float, route: list[Point], speed_km
     return climb + km / speed_kmh * 3600 + (CRUISE_ALT_M - HANDLING_ALT_M) / DESCENT_MPS
 
 
-def _rest_of(route: Sequence[Point], position: Point) -> list[Point]:
+def route_rest(route: Sequence[Point], position: Point) -> list[Point]:
     """What is left of `route` from `position`: the position, then the waypoints after the
     segment the position is closest to."""
     points = list(route)

@@ -398,7 +398,7 @@ class SimDrone:
         phases += [
             Vertical(flight.CRUISE_ALT_M, flight.CLIMB_MPS, leg=leg),
             Cruise(
-                flight._rest_of(route, start),
+                flight.route_rest(route, start),
                 speed_kmh=self.speed_kmh,
                 pct_per_km=pct_per_km,
                 leg=leg,

@@ -344,6 +344,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": [],
 }
 
+# Live feeds (server-sent events) come from the ASGI `live` process under /live/. On AKS the
+# ingress routes /live/ to it on the site's own origin; where it listens elsewhere (`make run`:
+# the next port) the tracking page is told its base URL, and the feed allows that page's origin.
+LIVE_BASE_URL = (envstr("LIVE_BASE_URL") or "").rstrip("/")
+LIVE_ALLOW_ORIGIN = envstr("LIVE_ALLOW_ORIGIN") or ""
+
 # Deliveries: pricing, limits and the workflow's patience.
 PUBLIC_BASE_URL = (envstr("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
 PRICE_CURRENCY = envstr("PRICE_CURRENCY") or "USD"
