@@ -145,6 +145,9 @@ class LocationOut(serializers.Serializer):
     lat = serializers.FloatField()
     lon = serializers.FloatField()
     alt_m = serializers.FloatField(allow_null=True)
+    heading = serializers.FloatField(allow_null=True, help_text="degrees from north")
+    ground_speed_mps = serializers.FloatField(allow_null=True)
+    at = serializers.DateTimeField(allow_null=True, help_text="when the drone reported it")
 
 
 class StatusOut(serializers.Serializer):

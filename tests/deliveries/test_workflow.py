@@ -16,6 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryEvent, OutboxMessage
+from drones.flight import delivery_schedule
 from drones.geo import Point, distance_km
 from drones.models import Drone
 from packages.selectors import package_get
@@ -69,16 +70,19 @@ def test_a_delivery_is_assigned_by_a_worker_with_eta_and_email(
     status = requests.get(status_url, headers=auth, timeout=5).json()
     assert status["drone_location"] is not None
 
-    # ETAs from the flight plan: base → pickup → dropoff at the model's 60 km/h.
+    # ETAs from the flight plan: base → pickup → dropoff at the model's 60 km/h, with the climbs,
+    # descents and handling of the flight profile.
     body = delivery_body()
     pickup = Point(lat=body["pickup"]["lat"], lon=body["pickup"]["lon"])
     dropoff = Point(lat=body["dropoff"]["lat"], lon=body["dropoff"]["lon"])
-    to_pickup_h = distance_km(CENTER, pickup) / 60.0
-    carry_h = distance_km(pickup, dropoff) / 60.0
+    schedule = delivery_schedule(
+        to_pickup_km=distance_km(CENTER, pickup), leg_km=distance_km(pickup, dropoff), speed_kmh=60
+    )
+    to_pickup = timedelta(seconds=schedule.to_pickup)
     pickup_eta, dropoff_eta = parse(status["pickup_eta"]), parse(status["dropoff_eta"])
-    assert before + timedelta(hours=to_pickup_h) - timedelta(seconds=5) <= pickup_eta
-    assert pickup_eta <= timezone.now() + timedelta(hours=to_pickup_h) + timedelta(seconds=5)
-    assert abs((dropoff_eta - pickup_eta).total_seconds() - carry_h * 3600) < 5
+    assert before + to_pickup - timedelta(seconds=5) <= pickup_eta
+    assert pickup_eta <= timezone.now() + to_pickup + timedelta(seconds=5)
+    assert abs((dropoff_eta - pickup_eta).total_seconds() - schedule.pickup_to_delivered) < 5
 
     delivery = Delivery.objects.get(pk=delivery_id)
     assert Drone.objects.get(deliveries=delivery).assigned_delivery_id == delivery.id
