@@ -32,8 +32,6 @@ from portal.localservices import free_port
 from tests.conftest import Tenant, database_url
 from tests.support import BASE_DIR, stop_process_group, wait_for
 
-pytestmark = pytest.mark.slow
-
 
 def procfile_command(kind: str, **variables: str) -> list[str]:
     """The Procfile's command line for `kind`, ${VAR:-default} filled in, venv tools first."""
@@ -172,6 +170,7 @@ def api_key(tenant: Tenant) -> dict[str, str]:
 # --- through the live process -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_feed_starts_with_the_current_status_from_redis(
     live_process: LiveProcess, transactional_db: None, tenant: Tenant
 ) -> None:
@@ -191,6 +190,7 @@ def test_a_feed_starts_with_the_current_status_from_redis(
         feed.close()
 
 
+@pytest.mark.slow
 def test_without_a_copy_in_redis_the_first_status_comes_from_the_database(
     live_process: LiveProcess, transactional_db: None, tenant: Tenant
 ) -> None:
@@ -205,6 +205,7 @@ def test_without_a_copy_in_redis_the_first_status_comes_from_the_database(
         feed.close()
 
 
+@pytest.mark.slow
 def test_a_status_published_on_the_channel_arrives_within_a_second(
     live_process: LiveProcess,
     transactional_db: None,
@@ -229,6 +230,7 @@ def test_a_status_published_on_the_channel_arrives_within_a_second(
         feed.close()
 
 
+@pytest.mark.slow
 def test_the_feed_ends_after_a_terminal_status(
     live_process: LiveProcess, transactional_db: None, tenant: Tenant
 ) -> None:
@@ -248,6 +250,7 @@ def test_the_feed_ends_after_a_terminal_status(
         feed.close()
 
 
+@pytest.mark.slow
 def test_a_feed_of_a_finished_delivery_sends_its_status_and_ends(
     live_process: LiveProcess, transactional_db: None, tenant: Tenant
 ) -> None:
@@ -261,6 +264,7 @@ def test_a_feed_of_a_finished_delivery_sends_its_status_and_ends(
         feed.close()
 
 
+@pytest.mark.slow
 def test_another_business_delivery_is_404_and_a_bad_key_401(
     live_process: LiveProcess, transactional_db: None, tenant: Tenant, other_tenant: Tenant
 ) -> None:
@@ -292,6 +296,7 @@ def test_another_business_delivery_is_404_and_a_bad_key_401(
         own.close()
 
 
+@pytest.mark.slow
 def test_an_unknown_tracking_token_is_404(
     live_process: LiveProcess, transactional_db: None
 ) -> None:
@@ -303,6 +308,7 @@ def test_an_unknown_tracking_token_is_404(
         feed.close()
 
 
+@pytest.mark.slow
 def test_fifty_feeds_of_one_delivery_all_receive_an_update_over_one_subscription(
     live_process: LiveProcess,
     transactional_db: None,
@@ -417,3 +423,56 @@ def test_the_public_feed_names_an_allowed_origin_too() -> None:
         )
     assert response.status_code == 404
     assert response["Access-Control-Allow-Origin"] == "https://shop.example"
+
+
+def test_the_hub_subscribes_again_after_redis_comes_back_and_has_feeds_re_read(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from deliveries.hub import Hub
+    from portal.localservices import redis_server
+
+    server = redis_server(tmp_path).start()
+    channel = "delivery:hub-test:live"
+
+    async def publish(status: str) -> None:
+        async with redis.asyncio.Redis.from_url(server.url) as client:
+            await client.publish(channel, json.dumps({"status": status}))
+
+    async def scenario() -> list[str | None]:
+        hub = Hub(server.url)
+        seen: list[str | None] = []
+        async with hub.listen(channel) as listener:
+            await publish("assigned")
+            seen.append((await asyncio.wait_for(listener.next(), 2)).status)
+
+            server.stop()  # Redis goes away, then comes back on the same port
+            server.start()
+            update = await asyncio.wait_for(listener.next(), 10)
+            seen.append(update.data)  # None: re-read the status, updates may have been lost
+            await publish("at_pickup")
+            seen.append((await asyncio.wait_for(listener.next(), 2)).status)
+        return seen
+
+    try:
+        assert asyncio.run(scenario()) == ["assigned", None, "at_pickup"]
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_every_element_the_tracking_script_updates_is_on_the_page(tenant: Tenant) -> None:
+    delivery = make_delivery(tenant.business)
+    page = Client().get(f"/track/{delivery.tracking_token}").content.decode()
+    script = (BASE_DIR / "deliveries" / "static" / "deliveries" / "track.js").read_text()
+    ids = set(re.findall(r'getElementById\("([\w-]+)"\)', script))
+    for shown in re.findall(r'show\("([\w-]+)"', script):
+        ids |= {shown, f"{shown}-label"}
+    for eta in re.findall(r'setEta\("([\w-]+)"', script):
+        ids |= {f"{eta}-eta", f"{eta}-eta-label"}
+    for countdown in re.findall(r'data-countdown-for="([\w-]+)"', page):
+        ids.add(f"{countdown}-eta")
+    assert len(ids) > 8
+    missing = sorted(i for i in ids if f'id="{i}"' not in page)
+    assert not missing, f"track.js looks for ids the page lacks: {missing}"

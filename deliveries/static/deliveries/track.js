@@ -138,7 +138,7 @@
       return;
     }
     var finished = apply(status);
-    say(finished ? "" : "Live: updated at " + clock(new Date()) + ".");
+    say(finished ? "" : "Live: updated at " + new Date().toLocaleTimeString() + ".");
     if (finished) {
       source.close(); // the feed ends here; do not reconnect
     }
