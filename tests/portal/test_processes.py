@@ -180,6 +180,14 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
             assert feed.headers["Content-Type"].startswith("text/event-stream")
             first = next(line for line in feed.iter_lines() if line.startswith(b"data: "))
         assert json.loads(first.removeprefix(b"data: "))["status"]
+        # The tracking page (web) follows the feed on the live port, which lets its origin read.
+        token = created.json()["tracking_url"].rsplit("/", 1)[1]
+        page = requests.get(f"http://127.0.0.1:{port}/track/{token}", timeout=10).text
+        track_feed = f"http://127.0.0.1:{live_port}/live/track/{token}"
+        assert f'data-live-url="{track_feed}"' in page
+        origin = f"http://127.0.0.1:{port}"
+        with requests.get(track_feed, headers={"Origin": origin}, stream=True, timeout=10) as feed:
+            assert feed.headers["Access-Control-Allow-Origin"] == origin
 
         make.send_signal(signal.SIGTERM)
         make.wait(timeout=60)
