@@ -83,12 +83,14 @@ def delivery_move(
     note: str = "",
     position: Position | None = None,
     changes: dict[str, Any] | None = None,
+    location: dict[str, Any] | None = None,
 ) -> Delivery:
     """Move `delivery`, as the caller read it, to status `to`; returns it updated in place.
 
     In the caller's transaction if there is one. Raises InvalidStageTransition when the table
     does not allow the move, StaleDelivery when the delivery is no longer what the caller read.
     `changes` are other fields written in the same swap (a drone, ETAs, a failure reason).
+    `location`: the drone's whole report (heading, speed, time) for the live status, when known.
     Leaving the drone-holding stages for `requested` or a finished one releases the drone.
     """
     if to not in TRANSITIONS[delivery.status]:
@@ -138,7 +140,7 @@ def delivery_move(
         )
         for name, value in fields.items():
             setattr(delivery, name, value)
-        live.status_write(delivery, drone_location=position, at=at or now)
+        live.status_write(delivery, drone_location=location or position, at=at or now)
     return delivery
 
 

@@ -123,12 +123,14 @@ def remaining_seconds(
     speed_kmh: float,
     route_to_pickup: Sequence[Point] | None = None,
     route_to_dropoff: Sequence[Point] | None = None,
+    hovering_for: float | None = None,
 ) -> tuple[float | None, float]:
     """Real-clock seconds from now until the drone is over the pickup (None once it has been
     there) and until the delivery is done, for a drone at `position` in delivery stage `stage`.
 
     `speed_kmh` is the cruise speed in sim time (the drone's recent ground speed, divided by
-    the speedup; or the model's speed). Routes default to straight lines.
+    the speedup; or the model's speed). Routes default to straight lines. `hovering_for`: how
+    long (real seconds) the drone has been handling the package over its stop, when known.
     """
     k = speedup()
     carry_route = list(route_to_dropoff or (pickup, dropoff))
@@ -139,14 +141,16 @@ def remaining_seconds(
             position, alt_m, list(route_to_pickup or (position, pickup)), speed_kmh
         )
         return to_pickup / k, (to_pickup + after_pickup) / k
+    handling_left = HANDLING_SECONDS / 2  # on average, when it is not known
+    if hovering_for is not None:
+        handling_left = max(0.0, HANDLING_SECONDS - hovering_for * k)
     if stage == "at_pickup":
-        # Hovering for the package: on average half the handling is left.
-        return None, (after_pickup - HANDLING_SECONDS / 2) / k
+        return None, (after_pickup - HANDLING_SECONDS + handling_left) / k
     if stage == "en_route_to_dropoff":
         to_dropoff = _to_stop_seconds(position, alt_m, carry_route, speed_kmh)
         return None, (to_dropoff + HANDLING_SECONDS) / k
     if stage == "at_dropoff":
-        return None, (HANDLING_SECONDS / 2) / k
+        return None, handling_left / k
     return None, 0.0
 
 

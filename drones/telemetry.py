@@ -111,6 +111,7 @@ class _Last:
     bat: float = 0.0
     db: int = 0  # ms of the report last written to the database
     kmh: float | None = None  # recent cruise speed, km/h of sim time
+    stage_t: int = 0  # ms of the report that moved its delivery to the current stage
 
     @classmethod
     def parse(cls, raw: bytes | None) -> _Last | None:
@@ -193,9 +194,14 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
                     )
                 )
                 continue
-            changed = _apply(drone, delivery, report)
-            write_db = write_db or changed
             last = _next_last(last, report)
+            if delivery is not None and delivery.status in WITH_DRONE:
+                _estimate(delivery, drone, report, last)  # a stage change carries these ETAs
+            stage = delivery.status if delivery is not None else None
+            changed = _apply(drone, delivery, report)
+            if delivery is not None and delivery.status != stage:
+                last.stage_t = report.t_ms
+            write_db = write_db or changed
             applied = report
             outcome.results.append(ItemResult(index, drone.serial, "accepted"))
             if delivery is not None and delivery.status in WITH_DRONE:
@@ -255,6 +261,7 @@ def _next_last(last: _Last | None, report: Report) -> _Last:
         bat=report.battery_pct,
         db=last.db if last is not None else 0,
         kmh=kmh,
+        stage_t=last.stage_t if last is not None else 0,
     )
 
 
@@ -307,7 +314,15 @@ def _advance(drone: Drone, delivery: Delivery, report: Report) -> bool:
         else:
             return changed
         try:
-            delivery_move(delivery, to, at=report.time, note=note, position=_position(report))
+            delivery_move(
+                delivery,
+                to,
+                at=report.time,
+                note=note,
+                position=_position(report),
+                location=_location(report),
+                changes={"pickup_eta": delivery.pickup_eta, "dropoff_eta": delivery.dropoff_eta},
+            )
         except (StaleDelivery, InvalidStageTransition):
             # Moved by another door meanwhile (cancelled): read it again, next report acts.
             delivery.refresh_from_db()
@@ -322,6 +337,9 @@ def _estimate(delivery: Delivery, drone: Drone, report: Report, last: _Last) -> 
     speed = last.kmh or drone.model.cruise_speed_kmh
     pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
     dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
+    hovering = None
+    if delivery.status in (Status.AT_PICKUP, Status.AT_DROPOFF) and last.stage_t:
+        hovering = max(0.0, (report.t_ms - last.stage_t) / 1000)
     to_pickup, to_done = flight.remaining_seconds(
         position=report.position,
         alt_m=report.alt_m,
@@ -329,6 +347,7 @@ def _estimate(delivery: Delivery, drone: Drone, report: Report, last: _Last) -> 
         pickup=pickup,
         dropoff=dropoff,
         speed_kmh=speed,
+        hovering_for=hovering,
     )
     start = report.time
     if delivery.status == Status.ASSIGNED and to_pickup is not None:
@@ -347,18 +366,19 @@ def _takeoff_at(delivery: Delivery, to_pickup_seconds: float) -> datetime | None
     return delivery.pickup_time - timedelta(seconds=to_pickup_seconds)
 
 
+def _location(report: Report) -> dict[str, Any]:
+    return {
+        "lat": report.lat,
+        "lon": report.lon,
+        "alt_m": report.alt_m,
+        "heading": report.heading,
+        "ground_speed_mps": report.ground_speed_mps,
+        "at": report.time.isoformat().replace("+00:00", "Z"),
+    }
+
+
 def _live_doc(delivery: Delivery, report: Report) -> dict[str, Any]:
-    return live.status_of(
-        delivery,
-        {
-            "lat": report.lat,
-            "lon": report.lon,
-            "alt_m": report.alt_m,
-            "heading": report.heading,
-            "ground_speed_mps": report.ground_speed_mps,
-            "at": report.time.isoformat().replace("+00:00", "Z"),
-        },
-    )
+    return live.status_of(delivery, _location(report))
 
 
 def _position(report: Report) -> tuple[float, float, float]:
