@@ -31,6 +31,8 @@ def main() -> None:
     env["LIVE_PORT"] = live_port
     env["LIVE_BASE_URL"] = f"http://127.0.0.1:{live_port}"
     env["LIVE_ALLOW_ORIGIN"] = f"http://127.0.0.1:{port},http://localhost:{port}"
+    # Tracking links in answers and emails point at the port this run serves on.
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=BASE_DIR)
     demo = subprocess.run(
