@@ -40,7 +40,8 @@ typecheck: install
 pytest: install deploy-tools
 	$(PY) -m pytest $(ARGS)
 
-## Ingestion, end-to-end assignment and drone-choice figures against their targets (~5 min).
+## Every figure against its target: ingestion, assignment, drone choice, telemetry in, the
+## simulator's capacity, live tracking fan-out (~10 min).
 bench: install
 	$(PY) bench/run.py $(ARGS)
 

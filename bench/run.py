@@ -17,6 +17,10 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
 3. Drone choice with 10,000 drones: bench/drone_choice.py, its output included.
 4. Telemetry in: `POST /api/v1/telemetry` in batches of 100 from a gateway, reports accepted per
    second and the web processes' CPU per report (after phase 2, most drones hold a delivery).
+5. The fleet simulator's capacity: bench/simulator.py, 1,000 drones at 1 report/s, its CPU.
+6. Live tracking fan-out: bench/tracking.py, 1,000 trackers on server-sent events (and the same
+   by polling, for comparison), how far behind the drone each one is, and the p99 of
+   `POST /api/v1/deliveries` meanwhile.
 
 The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
 worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
@@ -678,6 +682,46 @@ def drone_choice(environ: dict[str, str]) -> DroneChoice:
     )
 
 
+# --- 5. and 6.: the simulator's capacity, live tracking ------------------------------------------
+
+
+@dataclass
+class Sub:
+    """A bench script run as its own process: its summary rows, kept for the summary here."""
+
+    rows: list[tuple[str, str, str, str]]
+    returncode: int
+
+
+def sub_bench(number: int, title: str, command: list[str], environ: dict[str, str]) -> Sub:
+    print(f"\n== {number}. {title} ({machine_load()}): {shlex.join(command[1:])}", flush=True)
+    completed = subprocess.run(
+        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=600
+    )
+    output = completed.stdout + completed.stderr
+    print("   " + output.strip().replace("\n", "\n   "), flush=True)
+    rows: list[tuple[str, str, str, str]] = []
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] != "figure":
+            rows.append((cells[0], cells[1], cells[2], cells[3].replace("FAIL", "MISS")))
+    simulator = re.search(r"reports/s achieved:\s+(\d+).*?target >= (\d+): (\w+)", output)
+    if simulator:
+        rows.append(
+            ("simulator: reports/s, 1,000 drones", f"{simulator[1]}/s", f">= {simulator[2]}/s",
+             simulator[3].replace("FAIL", "MISS"))
+        )  # fmt: skip
+    cores = re.search(r"simulator CPU:\s+([\d.]+) core.*?target < ([\d.]+): (\w+)", output)
+    if cores:
+        rows.append(
+            ("simulator: CPU", f"{cores[1]} core", f"< {cores[2]} core",
+             cores[3].replace("FAIL", "MISS"))
+        )  # fmt: skip
+    if completed.returncode != 0 and not rows:
+        rows.append((title, f"exit {completed.returncode}", "", "MISS"))
+    return Sub(rows, completed.returncode)
+
+
 # --- the summary ------------------------------------------------------------------------------
 
 
@@ -691,6 +735,7 @@ def summary(
     e2e: EndToEnd | None,
     choice: DroneChoice | None,
     tele: Telemetry | None = None,
+    subs: list[Sub] | None = None,
 ) -> None:
     rows: list[tuple[str, str, str, str]] = []
     if ingest:
@@ -746,6 +791,8 @@ def summary(
              verdict(tele.rate >= TARGET_TELEMETRY_PER_S and clean)),
             ("  web CPU per report", f"{tele.web_cpu_ms_per_report:.3f} ms", "", ""),
         ]  # fmt: skip
+    for sub in subs or []:
+        rows += sub.rows
     rows.insert(0, ("figure", "measured", "target", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
@@ -772,7 +819,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--skip",
-        choices=["ingestion", "e2e", "layers", "choice", "telemetry"],
+        choices=["ingestion", "e2e", "layers", "choice", "telemetry", "simulator", "tracking"],
         action="append",
     )
     args = parser.parse_args()
@@ -804,6 +851,7 @@ def main() -> int:
     )
     env["DATABASE_URL"] = database_url(original)
     ingest = e2e = choice = tele = None
+    subs: list[Sub] = []
     vendor = "?"
     try:
         with local_services(env) as urls:
@@ -858,13 +906,20 @@ def main() -> int:
                 connection.close()
         if "choice" not in skip:
             choice = drone_choice(original)
+        python = sys.executable
+        if "simulator" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "simulator.py"), "--drones", "1000"]
+            subs.append(sub_bench(5, "fleet simulator capacity", command, original))
+        if "tracking" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "tracking.py"), "--trackers", "1000"]
+            subs.append(sub_bench(6, "live tracking fan-out", command, original))
     except (KeyboardInterrupt, Stop):
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
     finally:
         for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
             leftover.unlink()
-    summary(vendor, ingest, e2e, choice, tele)
+    summary(vendor, ingest, e2e, choice, tele, subs)
     return 0
 
 
