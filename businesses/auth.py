@@ -53,6 +53,22 @@ class KeyUse:
     window_ends: float
 
 
+def presented_key(request: Request, keyword: str, *, what: str) -> tuple[str, str] | None:
+    """The (prefix, key) of `Authorization: <keyword> <prefix>.<secret>`; None without the
+    header; AuthenticationFailed, saying what is expected, for anything else."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if not header:
+        return None
+    given, _, key = header.partition(" ")
+    key = key.strip()
+    if given != keyword or not key:
+        raise exceptions.AuthenticationFailed(f"use the header 'Authorization: {keyword} <key>'")
+    prefix, dot, _ = key.partition(".")
+    if not dot or len(key) > 200:
+        raise exceptions.AuthenticationFailed(f"malformed {what}")
+    return prefix, key
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """Verifies the key and counts it against its rate window in one Redis round trip.
 
@@ -63,18 +79,10 @@ class ApiKeyAuthentication(BaseAuthentication):
     generator = KeyGenerator()
 
     def authenticate(self, request: Request) -> tuple[BusinessPrincipal, KeyUse] | None:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        if not header:
+        presented = presented_key(request, KEYWORD, what="API key")
+        if presented is None:
             return None
-        keyword, _, key = header.partition(" ")
-        key = key.strip()
-        if keyword != KEYWORD or not key:
-            raise exceptions.AuthenticationFailed(
-                f"use the header 'Authorization: {KEYWORD} <key>'"
-            )
-        prefix, dot, _ = key.partition(".")
-        if not dot:
-            raise exceptions.AuthenticationFailed("malformed API key")
+        prefix, key = presented
         _, duration = rate_limit()
         now = time.time()
         window = int(now // duration)

@@ -11,6 +11,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 from rest_framework_api_key.crypto import KeyGenerator
 
+from businesses.auth import presented_key
 from drones.models import TelemetryKey
 from drones.telemetry import Reporter
 
@@ -37,18 +38,10 @@ class TelemetryKeyAuthentication(BaseAuthentication):
     generator = KeyGenerator()
 
     def authenticate(self, request: Request) -> tuple[ReporterPrincipal, None] | None:
-        header = request.META.get("HTTP_AUTHORIZATION", "")
-        if not header:
+        presented = presented_key(request, KEYWORD, what="telemetry key")
+        if presented is None:
             return None
-        keyword, _, key = header.partition(" ")
-        key = key.strip()
-        if keyword != KEYWORD or not key:
-            raise exceptions.AuthenticationFailed(
-                f"use the header 'Authorization: {KEYWORD} <key>'"
-            )
-        prefix, dot, _ = key.partition(".")
-        if not dot or len(key) > 200:
-            raise exceptions.AuthenticationFailed("malformed telemetry key")
+        prefix, key = presented
         record = (
             TelemetryKey.objects.filter(prefix=prefix, revoked=False)
             .prefetch_related("bases")
