@@ -619,3 +619,13 @@ def test_the_wait_for_a_drone_counts_from_the_pickup_time(tenant: Tenant) -> Non
     outcome = services.delivery_assign(delivery_id=uuid.UUID(waiting["id"]))
     assert outcome.result == "wait"
     assert Delivery.objects.get(pk=waiting["id"]).status == "requested"
+
+
+def test_an_absurdly_long_key_is_refused_without_a_lookup(
+    fleet: Any, django_assert_num_queries: Any
+) -> None:
+    client = ApiClient("x" * 3500 + "." + "y" * 3500)
+    with django_assert_num_queries(0):
+        response = client.post_json(DELIVERIES, delivery_body())
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "malformed API key"
