@@ -6,6 +6,7 @@ without the secret key, the allowed hosts and the URLs of every backing service.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -126,6 +127,7 @@ INSTALLED_APPS = [
     "drones",
     "deliveries",
     "packages",
+    "airspace",
     "workers",
 ]
 
@@ -407,4 +409,30 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "azure": {"level": "WARNING"},
     },
+}
+
+
+# --- Airspace: the no-fly zone map in admin ---------------------------------------------------
+# Leaflet and Leaflet.draw are the pinned django-leaflet package's static files, served by the
+# project like every other static file (no CDN). django-leaflet is not an installed app: its
+# admin module and widget import GeoDjango, which needs the GDAL library, and the image has none
+# (https://github.com/makinacorpus/django-leaflet/issues/336); airspace.admin has its own widget.
+_leaflet = importlib.util.find_spec("leaflet")
+if _leaflet is None or _leaflet.origin is None:
+    raise ImproperlyConfigured("django-leaflet is not installed: pip install -r requirements.txt")
+STATICFILES_DIRS = [Path(_leaflet.origin).parent / "static"]
+# The map tiles behind the zones (an XYZ URL template); empty for none: the map then shows a
+# blank background, on which zones are drawn and edited all the same.
+AIRSPACE_MAP_TILES_URL = envstr(
+    "AIRSPACE_MAP_TILES_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+)
+AIRSPACE_MAP_TILES_ATTRIBUTION = envstr(
+    "AIRSPACE_MAP_TILES_ATTRIBUTION",
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+)
+# The staff zone API's GeoJSON "type" members: three choice sets of one name, named here.
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    "GeoJSONFeatureTypeEnum": ["Feature"],
+    "GeoJSONFeatureCollectionTypeEnum": ["FeatureCollection"],
+    "ZoneGeometryTypeEnum": ["Polygon", "MultiPolygon"],
 }

@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("deliveries.urls")),
     path("api/v1/", include("drones.urls")),
+    path("api/v1/", include("airspace.urls")),
     path("track/<str:token>", delivery_views.track, name="track"),
     path("live/", include("portal.live_urls")),
     path("admin/", admin.site.urls),

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AirspaceConfig(AppConfig):
+    name = "airspace"
+    verbose_name = "Airspace"
