@@ -21,6 +21,10 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
 6. Live tracking fan-out: bench/tracking.py, 1,000 trackers on server-sent events (and the same
    by polling, for comparison), how far behind the drone each one is, and the p99 of
    `POST /api/v1/deliveries` meanwhile.
+7. No-fly zones and ingestion: `POST /api/v1/deliveries` with 500 active zones in the area
+   against none, alternating rounds.
+8. Route planning among 500 zones: bench/airspace.py, p99 of a clear straight line and of a
+   detour.
 
 The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
 worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
@@ -66,6 +70,8 @@ TARGET_P99_MS = 50.0
 TARGET_ASSIGNED_PER_S = 150.0
 TARGET_CHOICE_P99_MS = 10.0
 TARGET_TELEMETRY_PER_S = 2000.0
+TARGET_ZONES_RATIO = 0.90
+BENCH_ZONES = 500
 TELEMETRY_BATCH = 100
 
 
@@ -607,6 +613,123 @@ def telemetry(
     return measured
 
 
+# --- 7. no-fly zones and ingestion ----------------------------------------------------------------
+
+
+@dataclass
+class ZonesEffect:
+    without: list[load.Result]
+    with_zones: list[load.Result]
+    detours: int
+    bodies: int
+
+    @property
+    def ratio(self) -> float:
+        """The median of the rounds' (with zones / without) rates, each pair back to back."""
+        ratios = [
+            w.rate / n.rate for n, w in zip(self.without, self.with_zones, strict=True) if n.rate
+        ]
+        return statistics.median(ratios) if ratios else 0.0
+
+
+def bench_zones(count: int, avoid: list[tuple[float, float]], seed: int) -> dict[str, Any]:
+    """`count` squares 50 to 400 m across, scattered over the bench's area (20 x 20 km), none
+    over a pickup, a dropoff or a base (those would only be refused), as a FeatureCollection."""
+    rng = random.Random(seed)
+    features: list[dict[str, Any]] = []
+    km_lat = 1 / 111.2
+    km_lon = 1 / (111.2 * math.cos(math.radians(CENTER[0])))
+    while len(features) < count:
+        lat = CENTER[0] + rng.uniform(-10, 10) * km_lat
+        lon = CENTER[1] + rng.uniform(-10, 10) * km_lon
+        half = rng.uniform(0.025, 0.2)
+        clear = half + 0.15
+        if any(abs(a - lat) < clear * km_lat and abs(b - lon) < clear * km_lon for a, b in avoid):
+            continue
+        ring = [
+            [lon - half * km_lon, lat - half * km_lat],
+            [lon + half * km_lon, lat - half * km_lat],
+            [lon + half * km_lon, lat + half * km_lat],
+            [lon - half * km_lon, lat + half * km_lat],
+            [lon - half * km_lon, lat - half * km_lat],
+        ]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"name": f"bench zone {len(features)}", "reason": "other"},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def zones_effect(
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], key: str, bases: list[Any]
+) -> ZonesEffect:
+    """POST /api/v1/deliveries with 500 active no-fly zones in the area against none, in
+    alternating rounds with the same requests (zones switched through the service, which the
+    web processes see within a second)."""
+    from airspace.models import NoFlyZone
+    from airspace.selectors import airspace_cache_clear
+    from airspace.services import zones_activate, zones_delete, zones_import
+    from drones.geo import Point
+    from drones.routes import router_for
+
+    bodies = delivery_bodies(500, seed=args.seed)
+    avoid = [(b["pickup"]["lat"], b["pickup"]["lon"]) for b in bodies]
+    avoid += [(b["dropoff"]["lat"], b["dropoff"]["lon"]) for b in bodies]
+    avoid += [(base.lat, base.lon) for base in bases]
+    zones_import(bench_zones(BENCH_ZONES, avoid, args.seed))
+    ids = list(
+        NoFlyZone.objects.filter(name__startswith="bench zone ").values_list("pk", flat=True)
+    )
+    airspace_cache_clear()
+    router = router_for(None)
+    detours = 0
+    for body in bodies:
+        a = Point(body["pickup"]["lat"], body["pickup"]["lon"])
+        b = Point(body["dropoff"]["lat"], body["dropoff"]["lon"])
+        with contextlib.suppress(Exception):  # enclosed: counted as a detour all the same
+            detours += len(router.route(a, b)) > 2
+    port = free_port()
+    headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {key}"}
+    requests = [
+        load.build_request("POST", "/api/v1/deliveries", json.dumps(body).encode(), headers)
+        for body in bodies
+    ]
+    target = load.Target("real", port, requests)
+    argv = procfile_command("web", WEB_PORT=str(port))
+    log = WORK_DIR / "gunicorn-zones.log"
+    print(f"\n== 7. no-fly zones and ingestion ({machine_load()})", flush=True)
+    print(
+        f"   {len(ids)} active zones 50-400 m across over 20 x 20 km; {detours} of {len(bodies)} "
+        f"requests' straight lines cross one (a detour is planned) (log: {log})",
+        flush=True,
+    )
+    without: list[load.Result] = []
+    with_zones: list[load.Result] = []
+    try:
+        with process(argv, env=env, log=log) as web:
+            wait_http(f"http://127.0.0.1:{port}/healthz/live", timeout=30, child=web, log=log)
+            load.closed_loop(target, concurrency=args.concurrency, seconds=1.0, warmup=0.5)
+            for round_ in range(args.rounds):
+                order = [(False, without), (True, with_zones)]
+                for active, runs in order if round_ % 2 == 0 else order[::-1]:
+                    zones_activate(zone_ids=ids, active=active)
+                    time.sleep(1.5)  # the web processes look at the airspace's version each second
+                    result = load.closed_loop(
+                        target, concurrency=args.concurrency, seconds=args.seconds, warmup=0.3
+                    )
+                    runs.append(result)
+                    label = "with zones" if active else "no zones  "
+                    print(f"   {label}: {describe(result)}", flush=True)
+    finally:
+        zones_delete(zone_ids=ids)
+    measured = ZonesEffect(without, with_zones, detours, len(bodies))
+    print(f"   with / without, median of rounds: {measured.ratio:.3f}", flush=True)
+    return measured
+
+
 # --- where the time goes ------------------------------------------------------------------
 
 
@@ -739,6 +862,7 @@ def summary(
     choice: DroneChoice | None,
     tele: Telemetry | None = None,
     subs: list[Sub] | None = None,
+    zones: ZonesEffect | None = None,
 ) -> None:
     rows: list[tuple[str, str, str, str]] = []
     if ingest:
@@ -794,6 +918,13 @@ def summary(
              verdict(tele.rate >= TARGET_TELEMETRY_PER_S and clean)),
             ("  web CPU per report", f"{tele.web_cpu_ms_per_report:.3f} ms", "", ""),
         ]  # fmt: skip
+    if zones:
+        clean = all(set(r.statuses) <= {202} and not r.errors for r in zones.with_zones)
+        rows += [
+            (f"POST with {BENCH_ZONES} zones / without (median of rounds)", f"{zones.ratio:.2f}",
+             f">= {TARGET_ZONES_RATIO}", verdict(zones.ratio >= TARGET_ZONES_RATIO and clean)),
+            ("  requests that need a detour", f"{zones.detours} of {zones.bodies}", "", ""),
+        ]  # fmt: skip
     for sub in subs or []:
         rows += sub.rows
     rows.insert(0, ("figure", "measured", "target", ""))
@@ -822,7 +953,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--skip",
-        choices=["ingestion", "e2e", "layers", "choice", "telemetry", "simulator", "tracking"],
+        choices=[
+            "ingestion",
+            "e2e",
+            "layers",
+            "choice",
+            "telemetry",
+            "simulator",
+            "tracking",
+            "airspace",
+            "zones",
+        ],
         action="append",
     )
     args = parser.parse_args()
@@ -853,7 +994,7 @@ def main() -> int:
         }
     )
     env["DATABASE_URL"] = database_url(original)
-    ingest = e2e = choice = tele = None
+    ingest = e2e = choice = tele = zones = None
     subs: list[Sub] = []
     vendor = "?"
     try:
@@ -901,6 +1042,8 @@ def main() -> int:
                     e2e = end_to_end(args, env, urls, e2e_business.pk)
                 if "telemetry" not in skip:
                     tele = telemetry(args, env, urls, fleet.drone_ids)
+                if "zones" not in skip:
+                    zones = zones_effect(args, env, urls, key, fleet.bases)
                 if "layers" not in skip:
                     layer_split(args, key, e2e_business.pk)
             finally:
@@ -916,13 +1059,16 @@ def main() -> int:
         if "tracking" not in skip:
             command = [python, str(BASE_DIR / "bench" / "tracking.py"), "--trackers", "1000"]
             subs.append(sub_bench(6, "live tracking fan-out", command, original))
+        if "airspace" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "airspace.py"), "--zones", "500"]
+            subs.append(sub_bench(8, "route planning among 500 zones", command, original))
     except (KeyboardInterrupt, Stop):
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
     finally:
         for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
             leftover.unlink()
-    summary(vendor, ingest, e2e, choice, tele, subs)
+    summary(vendor, ingest, e2e, choice, tele, subs, zones)
     return 0
 
 

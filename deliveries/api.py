@@ -215,12 +215,22 @@ def delivery_document(delivery: Delivery, *, events: bool = False) -> dict[str, 
         "pickup_eta": iso(delivery.pickup_eta),
         "dropoff_eta": iso(delivery.dropoff_eta),
         "failure_reason": delivery.failure_reason or None,
+        "route": route_geojson(delivery.route),
         "created_at": iso(delivery.created_at),
         "updated_at": iso(delivery.updated_at),
     }
     if events:
         document["events"] = EventOut(delivery.events.all(), many=True).data
     return document
+
+
+def route_geojson(route: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The flight path as a GeoJSON LineString ([lon, lat]): from the drone's start through the
+    pickup to the dropoff once a drone is assigned, the pickup to the dropoff before."""
+    if not route or not route.get("to_dropoff"):
+        return None
+    points = [*route.get("to_pickup", [])[:-1], *route["to_dropoff"]]
+    return {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in points]}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -283,6 +293,17 @@ DeliveryOut = inline_serializer(
         "pickup_eta": serializers.DateTimeField(allow_null=True),
         "dropoff_eta": serializers.DateTimeField(allow_null=True),
         "failure_reason": serializers.CharField(allow_null=True),
+        "route": inline_serializer(
+            name="RouteGeoJSON",
+            fields={
+                "type": serializers.ChoiceField(choices=["LineString"]),
+                "coordinates": serializers.ListField(
+                    child=serializers.ListField(child=serializers.FloatField()),
+                    help_text="[lon, lat] pairs: around every no-fly zone active when planned",
+                ),
+            },
+            allow_null=True,
+        ),
         "created_at": serializers.DateTimeField(),
         "updated_at": serializers.DateTimeField(),
         "events": EventOut(many=True, required=False),

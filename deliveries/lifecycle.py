@@ -170,3 +170,28 @@ def delivery_flag(
             )
         )
     delivery.attention = attention[:200]
+
+
+def delivery_reroute(
+    delivery: Delivery, route: dict[str, Any], *, note: str, attention: str = ""
+) -> bool:
+    """New routes for a delivery in flight (a no-fly zone opened or closed across its way): its
+    drone is told by the answer to its next report (route_version). Not a change of stage; an
+    event says what happened. False when the delivery changed stage meanwhile."""
+    with transaction.atomic():
+        changed = Delivery.objects.filter(pk=delivery.pk, version=delivery.version).update(
+            route=route,
+            route_version=delivery.route_version + 1,
+            attention=attention[:200],
+            updated_at=timezone.now(),
+        )
+        if not changed:
+            return False
+        insert(
+            DeliveryEvent(
+                delivery=delivery, status=delivery.status, at=timezone.now(), note=note[:300]
+            )
+        )
+    delivery.route, delivery.route_version = route, delivery.route_version + 1
+    delivery.attention = attention[:200]
+    return True

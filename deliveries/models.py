@@ -78,6 +78,11 @@ class Delivery(models.Model):
     drone = models.ForeignKey(
         "drones.Drone", null=True, blank=True, on_delete=models.PROTECT, related_name="deliveries"
     )
+    # The flight plan's routes, [[lat, lon], ...] each: "to_dropoff" from the request on,
+    # "to_pickup" and "to_base" once a drone is assigned. Around the no-fly zones active then;
+    # a zone that opens mid-flight replaces them (route_version counts, so drones see it).
+    route = models.JSONField(null=True, blank=True)
+    route_version = models.PositiveIntegerField(default=0)
     pickup_eta = models.DateTimeField(null=True, blank=True)
     dropoff_eta = models.DateTimeField(null=True, blank=True)
     failure_reason = models.CharField(max_length=300, blank=True)

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from airspace.routing import NoRoute
 from deliveries.lifecycle import (
     BEFORE_PICKUP,
     StaleDelivery,
@@ -32,7 +33,9 @@ from deliveries.lifecycle import (
     InvalidStageTransition as InvalidStageTransition,  # raised through these services
 )
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage, Quote
+from drones.flight import route_km
 from drones.geo import Point, distance_km
+from drones.routes import Router, route_json, router_for
 from drones.selectors import delivery_impossible_reason, drone_plan_best
 from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
 from portal.db import execute, prepare_insert
@@ -98,9 +101,15 @@ def _check_point(point: Point, name: str) -> None:
 
 
 def delivery_request_check(
-    request: DeliveryRequest, *, now: datetime | None = None, fleet_max_age_seconds: float = 0.0
-) -> None:
-    """Refuse what is well-formed but impossible, saying why (the API answers 422)."""
+    request: DeliveryRequest,
+    *,
+    now: datetime | None = None,
+    fleet_max_age_seconds: float = 0.0,
+    router: Router | None = None,
+) -> list[Point]:
+    """Refuse what is well-formed but impossible, saying why (the API answers 422). Returns the
+    route from the pickup to the dropoff, around the no-fly zones active from the pickup time
+    (or now) on."""
     now = now or timezone.now()
     _check_point(request.pickup.point, "pickup")
     _check_point(request.dropoff.point, "dropoff")
@@ -141,21 +150,49 @@ def delivery_request_check(
                 field="deadline",
                 code="deadline_before_pickup",
             )
+    router = router or router_for(request.pickup_time or now)
+    route = _leg_route(request, router)
     reason = delivery_impossible_reason(
         pickup=request.pickup.point,
         dropoff=request.dropoff.point,
         weight_kg=request.package_weight_kg,
         max_age_seconds=fleet_max_age_seconds,
+        router=router,
     )
     if reason:
         raise DeliveryImpossible(reason)
+    return route
+
+
+def _leg_route(request: DeliveryRequest, router: Router) -> list[Point]:
+    """The way from the pickup to the dropoff; 422 when a stop lies in a no-fly zone or the
+    zones leave no way between them."""
+    for name, place in (("pickup", request.pickup), ("dropoff", request.dropoff)):
+        zone = router.zone_at(place.point)
+        if zone is not None:
+            raise Unprocessable(
+                f"the {name} lies inside the no-fly zone '{zone.name}'",
+                field=name,
+                code="inside_no_fly_zone",
+            )
+    try:
+        return router.route(request.pickup.point, request.dropoff.point)
+    except NoRoute as exc:
+        names = ", ".join(f"'{zone.name}'" for zone in exc.zones) or "in the way"
+        raise Unprocessable(
+            f"no route from the pickup to the dropoff keeps clear of the no-fly zones {names}",
+            field="dropoff",
+            code="no_route",
+        ) from None
 
 
 # --- quotes -----------------------------------------------------------------------------------
 
 
-def price_for(request: DeliveryRequest) -> Decimal:
-    km = Decimal(str(distance_km(request.pickup.point, request.dropoff.point)))
+def price_for(request: DeliveryRequest, *, route: list[Point] | None = None) -> Decimal:
+    """The price of the trip from the pickup to the dropoff, by its route (around no-fly zones)
+    when given, else the straight line."""
+    km = Decimal(str(route_km(route or [request.pickup.point, request.dropoff.point])))
     price = (
         settings.PRICE_BASE
         + settings.PRICE_PER_KM * km
@@ -170,13 +207,15 @@ def price_for(request: DeliveryRequest) -> Decimal:
 
 def quote_create(*, business_id: UUID, request: DeliveryRequest) -> Quote:
     now = timezone.now()
-    delivery_request_check(request, now=now)
+    router = router_for(request.pickup_time or now)
+    route = delivery_request_check(request, now=now, router=router)
     plan = drone_plan_best(
         pickup=request.pickup.point,
         dropoff=request.dropoff.point,
         weight_kg=request.package_weight_kg,
         start=now,
         not_before=request.pickup_time,
+        router=router,
     )
     if plan is None:
         raise Unprocessable(
@@ -193,7 +232,7 @@ def quote_create(*, business_id: UUID, request: DeliveryRequest) -> Quote:
     return Quote.objects.create(
         business_id=business_id,
         request=request.quote_terms(),
-        price_amount=price_for(request),
+        price_amount=price_for(request, route=route),
         price_currency=settings.PRICE_CURRENCY,
         pickup_eta=plan.pickup_eta,
         dropoff_eta=plan.dropoff_eta,
@@ -234,7 +273,7 @@ def delivery_create(
     rows are prepared before the transaction, which holds only their two INSERTs.
     """
     now = timezone.now()
-    delivery_request_check(
+    route = delivery_request_check(
         request, now=now, fleet_max_age_seconds=settings.FLEET_SHAPE_CACHE_SECONDS
     )
     quote = (
@@ -261,9 +300,10 @@ def delivery_create(
         recipient_email=request.recipient.get("email", ""),
         recipient_phone=request.recipient.get("phone", ""),
         quote=quote,
-        price_amount=quote.price_amount if quote else price_for(request),
+        price_amount=quote.price_amount if quote else price_for(request, route=route),
         price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
         book_at=booking_time(request.pickup_time, now=now),
+        route={"to_dropoff": route_json(route)},
     )
     rows = prepare_insert(
         delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
@@ -432,16 +472,25 @@ def delivery_assign(
     now = timezone.now()
     pickup = _point(delivery.pickup_lat, delivery.pickup_lon)
     dropoff = _point(delivery.dropoff_lat, delivery.dropoff_lon)
+    router = router_for(max(now, delivery.pickup_time or now))
     lost: set[UUID] = set()
     for _ in range(MAX_CLAIM_ATTEMPTS):
-        plan = drone_plan_best(
-            pickup=pickup,
-            dropoff=dropoff,
-            weight_kg=delivery.package_weight_kg,
-            start=now,
-            not_before=delivery.pickup_time,
-            exclude=frozenset(lost),
-        )
+        try:
+            plan = drone_plan_best(
+                pickup=pickup,
+                dropoff=dropoff,
+                weight_kg=delivery.package_weight_kg,
+                start=now,
+                not_before=delivery.pickup_time,
+                exclude=frozenset(lost),
+                router=router,
+            )
+        except NoRoute as exc:
+            # A zone opened across the way since the request was accepted.
+            names = ", ".join(f"'{zone.name}'" for zone in exc.zones)
+            return _wait_or_give_up(
+                delivery, attempt, now, f"no route keeps clear of the no-fly zones {names}"
+            )
         if plan is None:
             break
         if delivery.deadline is not None and plan.dropoff_eta > delivery.deadline:
@@ -464,6 +513,7 @@ def delivery_assign(
                         "drone_id": plan.drone_id,
                         "pickup_eta": plan.pickup_eta,
                         "dropoff_eta": plan.dropoff_eta,
+                        "route": {leg: route_json(r) for leg, r in plan.routes.items()},
                     },
                 )
         except (StaleDelivery, IntegrityError):
@@ -474,7 +524,7 @@ def delivery_assign(
     if not lost:
         # Asked only now: when a drone is free, the answer is known to be no.
         reason = delivery_impossible_reason(
-            pickup=pickup, dropoff=dropoff, weight_kg=delivery.package_weight_kg
+            pickup=pickup, dropoff=dropoff, weight_kg=delivery.package_weight_kg, router=router
         )
         if reason is not None:
             delivery_fail(delivery_id=delivery.id, reason=reason)
@@ -637,7 +687,7 @@ def delivery_reschedule(
         )
         # Only what the business changes is judged against the clock: a pickup time it keeps
         # may have passed while the delivery waited for a drone.
-        delivery_request_check(
+        route = delivery_request_check(
             replace(
                 new,
                 pickup_time=pickup_time,
@@ -651,10 +701,11 @@ def delivery_reschedule(
             "dropoff_address": new.dropoff.address,
             "pickup_time": new.pickup_time,
             "deadline": new.deadline,
+            "route": {"to_dropoff": route_json(route)},
         }
         if dropoff is not None:
             # A new trip, a new price; the quote no longer describes it.
-            changes.update(price_amount=price_for(new), quote=None)
+            changes.update(price_amount=price_for(new, route=route), quote=None)
         _request_again(delivery, now=now, note="rescheduled", changes=changes)
     return delivery
 

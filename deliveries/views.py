@@ -8,6 +8,7 @@ same origin (the ingress sends /live/ to the live process).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,38 @@ def live_feed_url(token: str) -> str:
     return f"{base.rstrip('/')}{path}" if base else path
 
 
+def route_sketch(delivery: Delivery, location: dict[str, Any] | None) -> dict[str, Any]:
+    """An SVG sketch of the flight: the route (around no-fly zones), the stops, the drone. In a
+    flat projection (longitude scaled by the cosine of the latitude), 1,000 units across."""
+    route = delivery.route or {}
+    points = [*route.get("to_pickup", [])[:-1], *route.get("to_dropoff", [])] or [
+        [delivery.pickup_lat, delivery.pickup_lon],
+        [delivery.dropoff_lat, delivery.dropoff_lon],
+    ]
+    lats, lons = [p[0] for p in points], [p[1] for p in points]
+    k = math.cos(math.radians(sum(lats) / len(lats)))
+    lat_max, lon_min = max(lats), min(lons)
+    span = max(max(lats) - min(lats), (max(lons) - lon_min) * k, 1e-4)
+    scale = 1000 / span
+
+    def xy(lat: float, lon: float) -> tuple[float, float]:
+        return round((lon - lon_min) * k * scale, 1), round((lat_max - lat) * scale, 1)
+
+    width, height = xy(min(lats), max(lons))
+    drone = xy(location["lat"], location["lon"]) if location else None
+    return {
+        "view_box": f"-60 -60 {width + 120:.0f} {height + 120:.0f}",
+        "path": " ".join(f"{x},{y}" for x, y in (xy(lat, lon) for lat, lon in points)),
+        "pickup": xy(delivery.pickup_lat, delivery.pickup_lon),
+        "dropoff": xy(delivery.dropoff_lat, delivery.dropoff_lon),
+        "drone": drone,
+        "lat_max": lat_max,
+        "lon_min": lon_min,
+        "cos": k,
+        "scale": scale,
+    }
+
+
 def _moment(value: Any) -> datetime | None:
     """An ISO time of the status document as an aware datetime (None when absent or bad)."""
     if not isinstance(value, str) or not value:
@@ -68,5 +101,6 @@ def track(request: HttpRequest, token: str) -> HttpResponse:
         "live_url": live_feed_url(token),
         "stage_labels": STAGE_LABELS,
         "server_now_ms": int(timezone.now().timestamp() * 1000),
+        "sketch": route_sketch(delivery, status.get("drone_location")),
     }
     return render(request, "deliveries/track.html", context)

@@ -39,6 +39,7 @@ from django.db import connection
 from drones.flight import delivery_schedule
 from drones.geo import EARTH_RADIUS_KM, Point, distance_km
 from drones.models import Base, Drone, DroneModel
+from drones.routes import STRAIGHT, Router
 
 KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180
 # (model, base) pairs probed per query in step 1.
@@ -59,6 +60,8 @@ class FlightPlan:
     dropoff_eta: datetime
     # Where the drone is now, when the search read it: free drones are idle, on the ground.
     drone_position: Point | None = None
+    # The polylines it flies: to the pickup, to the dropoff, home (around no-fly zones).
+    routes: dict[str, list[Point]] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def total_km(self) -> float:
@@ -71,7 +74,12 @@ def battery_reserve_pct() -> float:
 
 
 def delivery_impossible_reason(
-    *, pickup: Point, dropoff: Point, weight_kg: float, max_age_seconds: float = 0.0
+    *,
+    pickup: Point,
+    dropoff: Point,
+    weight_kg: float,
+    max_age_seconds: float = 0.0,
+    router: Router = STRAIGHT,
 ) -> str | None:
     """Why no drone of the fleet could ever make this delivery, even idle and fully charged at
     its home base; None when some drone could (whether one is free now or not).
@@ -81,20 +89,24 @@ def delivery_impossible_reason(
     the shape changes when drones are bought, not per request. A no is always asked of the
     database, so that a drone added a moment ago serves the very next request.
     """
+    trip = (pickup, dropoff, weight_kg, router)
     if max_age_seconds > 0:
-        if (
-            _impossible_reason(_populated_pairs(max_age_seconds), pickup, dropoff, weight_kg)
-            is None
-        ):
+        if _impossible_reason(_populated_pairs(max_age_seconds), *trip) is None:
             return None
         global _populated
         _populated = None
-        return _impossible_reason(_populated_pairs(max_age_seconds), pickup, dropoff, weight_kg)
-    return _impossible_reason(_fleet_pairs(), pickup, dropoff, weight_kg, cached=False)
+        return _impossible_reason(_populated_pairs(max_age_seconds), *trip)
+    return _impossible_reason(_fleet_pairs(), *trip, cached=False)
 
 
 def _impossible_reason(
-    pairs: list[_Pair], pickup: Point, dropoff: Point, weight_kg: float, *, cached: bool = True
+    pairs: list[_Pair],
+    pickup: Point,
+    dropoff: Point,
+    weight_kg: float,
+    router: Router,
+    *,
+    cached: bool = True,
 ) -> str | None:
     heaviest = max((p.model.max_payload_kg for p in pairs if p.model.has_drones), default=None)
     if heaviest is None:
@@ -104,11 +116,11 @@ def _impossible_reason(
             f"The package weighs {weight_kg:g} kg; the most any drone of the fleet carries "
             f"is {heaviest:g} kg."
         )
-    leg_km = distance_km(pickup, dropoff)
+    leg_km = router.km(pickup, dropoff)
     able = [p for p in pairs if p.model.has_drones and p.model.max_payload_kg >= weight_kg]
 
     def trip_km(pair: _Pair) -> float:
-        return distance_km(pair.base, pickup) + leg_km + distance_km(dropoff, pair.base)
+        return router.reach_km(pair.base, pickup) + leg_km + router.reach_km(dropoff, pair.base)
 
     def in_range(pair: _Pair) -> bool:
         return trip_km(pair) <= _usable_km(pair.model, battery_pct=100.0)
@@ -136,15 +148,28 @@ def drone_plan_best(
     start: datetime,
     not_before: datetime | None = None,
     exclude: frozenset[UUID] = frozenset(),
+    router: Router = STRAIGHT,
 ) -> FlightPlan | None:
     """The plan of the free drone that can carry the package, has the battery for
     position → pickup → dropoff → home base plus the reserve, and reaches the pickup soonest.
-    Nothing is reserved."""
-    leg_km = distance_km(pickup, dropoff)
-    trip = _Trip(pickup=pickup, leg_km=leg_km, to_base={}, homes={}, models={}, exclude=exclude)
+    Nothing is reserved.
+
+    Distances are those of the routes `router` plans (around no-fly zones). The search's
+    bounds stay straight-line distances, which are never longer, so they still prove the best.
+    Raises airspace.routing.NoRoute when no route leads from the pickup to the dropoff."""
+    leg_km = router.km(pickup, dropoff)
+    trip = _Trip(
+        pickup=pickup,
+        leg_km=leg_km,
+        to_base={},
+        homes={},
+        models={},
+        exclude=exclude,
+        router=router,
+    )
     pairs = []
     for pair in _fleet_pairs():
-        to_base_km = distance_km(dropoff, pair.base)
+        to_base_km = router.reach_km(dropoff, pair.base)  # infinite: no way home there
         # What a full battery leaves for the flight to the pickup.
         spare_km = _usable_km(pair.model, battery_pct=100.0) - leg_km - to_base_km
         if pair.model.has_drones and pair.model.max_payload_kg >= weight_kg and spare_km >= 0:
@@ -199,7 +224,7 @@ def drone_plan_best(
     if best.serial is None:
         serial = Drone.objects.filter(pk=best.drone_id).values_list("serial", flat=True).first()
         best = dataclasses.replace(best, serial=serial or "")
-    return _plan(best, start=start, not_before=not_before)
+    return _plan(best, start=start, not_before=not_before, trip=trip, dropoff=dropoff)
 
 
 def drone_plan_for(
@@ -263,6 +288,7 @@ class _Trip:
     homes: dict[UUID, Point]
     models: dict[UUID, _Model]
     exclude: frozenset[UUID]
+    router: Router = STRAIGHT
 
 
 @dataclass(frozen=True)
@@ -276,6 +302,7 @@ class _Candidate:
     leg_km: float
     to_base_km: float
     position: Point | None = None
+    base_id: UUID | None = None
 
 
 # (id, serial (None when not read), lat, lon, model_id, battery_pct, base_id)
@@ -366,7 +393,7 @@ def _arms(trip: _Trip, pairs: list[_Pair]) -> list[_Arm]:
     """The probes of step 1, soonest first; only pairs whose drones could make the trip."""
     arms = []
     for pair in pairs:
-        to_pickup_km = distance_km(pair.base, trip.pickup)
+        to_pickup_km = trip.router.reach_km(pair.base, trip.pickup)
         needed_km = to_pickup_km + trip.leg_km + trip.to_base[pair.base_id]
         if needed_km <= _usable_km(pair.model, battery_pct=100.0):
             min_battery_pct = battery_reserve_pct() + 100 * needed_km / pair.model.range_km
@@ -505,7 +532,9 @@ def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:
     for drone_id, serial, lat, lon, model_id, battery_pct, base_id in rows:
         model = trip.models[model_id]
         position = Point(lat, lon)
-        to_pickup_km = distance_km(position, trip.pickup)
+        if base_id not in trip.to_base:
+            continue  # a base with no way home from the dropoff
+        to_pickup_km = trip.router.reach_km(position, trip.pickup)
         needed_km = to_pickup_km + trip.leg_km + trip.to_base[base_id]
         if needed_km > _usable_km(model, battery_pct=battery_pct):
             continue
@@ -521,6 +550,7 @@ def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:
                 leg_km=trip.leg_km,
                 to_base_km=trip.to_base[base_id],
                 position=position,
+                base_id=base_id,
             ),
         )
     return best
@@ -548,10 +578,18 @@ def _uuid(value: object) -> UUID:
     return value if isinstance(value, UUID) else UUID(str(value))
 
 
-def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None) -> FlightPlan:
+def _plan(
+    candidate: _Candidate,
+    *,
+    start: datetime,
+    not_before: datetime | None,
+    trip: _Trip | None = None,
+    dropoff: Point | None = None,
+) -> FlightPlan:
     """The flight plan of a candidate, by the flight profile (climb, cruise, descent, handling;
     drones.flight): over the pickup after the flight there, or at `not_before` when later (the
-    drone then takes off later); done at the dropoff after both handlings and the leg."""
+    drone then takes off later); done at the dropoff after both handlings and the leg. With
+    the trip, the routes it flies."""
     schedule = delivery_schedule(
         to_pickup_km=candidate.to_pickup_km,
         leg_km=candidate.leg_km,
@@ -560,6 +598,13 @@ def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None
     pickup_eta = start + timedelta(seconds=schedule.to_pickup)
     if not_before is not None and pickup_eta < not_before:
         pickup_eta = not_before
+    routes: dict[str, list[Point]] = {}
+    if trip is not None and dropoff is not None and candidate.position is not None:
+        home = trip.homes.get(candidate.base_id) if candidate.base_id else None
+        routes["to_pickup"] = trip.router.route(candidate.position, trip.pickup)
+        routes["to_dropoff"] = trip.router.route(trip.pickup, dropoff)
+        if home is not None:
+            routes["to_base"] = trip.router.route(dropoff, home)
     return FlightPlan(
         drone_id=candidate.drone_id,
         drone_serial=candidate.serial or "",
@@ -569,4 +614,5 @@ def _plan(candidate: _Candidate, *, start: datetime, not_before: datetime | None
         pickup_eta=pickup_eta,
         dropoff_eta=pickup_eta + timedelta(seconds=schedule.pickup_to_delivered),
         drone_position=candidate.position,
+        routes=routes,
     )

@@ -208,6 +208,7 @@ class SimDrone:
         "phase",
         "plan",
         "range_km",
+        "route_version",
         "serial",
         "speed",
         "speed_kmh",
@@ -237,6 +238,7 @@ class SimDrone:
         self.heading = 0.0
         self.command: Command | None = None
         self.delivery_id: str | None = None
+        self.route_version = 0
         # Reports of phase boundaries not yet accepted or ignored by the server.
         self.unsent: list[Report] = []
         self.last_ms = 0  # the time of the last report, ms since the epoch
@@ -318,6 +320,9 @@ class SimDrone:
             self.delivery_id = None
             self.base = _point(command["base"]) if command.get("base") else self.base
             self._go_home(command.get("route"))
+        elif kind == "hold":
+            # No way around a zone that opened: wait where it is for new routes.
+            self._start([Hover(None, leg="hold")] if self.airborne else [])
         elif kind == "stand_by":
             self.delivery_id = None
             if self.airborne:
@@ -329,9 +334,16 @@ class SimDrone:
 
     def _deliver(self, command: Command) -> None:
         delivery_id = str(command["delivery_id"])
-        if delivery_id == self.delivery_id and self.leg != "waiting":
-            return  # the stage moved on as the server saw us fly; the plan already holds it
+        version = int(command.get("route_version") or 0)
+        if delivery_id == self.delivery_id and self.leg not in ("waiting", "hold"):
+            # The stage moved on as the server saw us fly; the plan already holds it. Unless
+            # the routes changed (a no-fly zone opened): fly the new ones from here.
+            if version != self.route_version:
+                self.route_version = version
+                self._reroute(command.get("routes") or {})
+            return
         self.delivery_id = delivery_id
+        self.route_version = version
         if command.get("base"):
             self.base = _point(command["base"])
         stage = command.get("stage") or "assigned"
@@ -358,9 +370,28 @@ class SimDrone:
         plan += self._leg(at, alt, to_base, 0.0, "home", empty)
         self._start(plan)
 
+    def _reroute(self, routes: dict[str, Any]) -> None:
+        """Fly new routes for the mission under way: the cruises still ahead follow them, the
+        one of the current leg from where the drone is."""
+        by_leg = {"to_pickup": "to_pickup", "to_dropoff": "to_dropoff", "home": "to_base"}
+        phases = []
+        for phase in (self.phase, *self.plan):
+            points = routes.get(by_leg.get(phase.leg, ""))
+            if isinstance(phase, Cruise) and points:
+                route = [_point(p) for p in points]
+                if phase.leg == self.leg:
+                    route = flight.route_rest(route, self.position)
+                phase = Cruise(
+                    route, speed_kmh=self.speed_kmh, pct_per_km=phase.pct_per_km, leg=phase.leg
+                )
+            phases.append(phase)
+        self.phase, self.plan = phases[0], deque(phases[1:])
+
     def _go_home(self, route: Iterable[Any] | None) -> None:
         """Home along `route` (the command's polyline; straight when there is none), then land."""
         if self.leg == "home" and self._heading_to(self.base):
+            if route and self.airborne:
+                self._reroute({"to_base": route})  # a new way home: a zone opened
             return  # already on the way
         if not self.airborne and flight.landed_at(self.position, self.alt, self.base):
             self._start([])

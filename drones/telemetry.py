@@ -26,6 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from airspace.routing import NoRoute
 from deliveries import live
 from deliveries.lifecycle import (
     BEFORE_PICKUP,
@@ -35,11 +36,13 @@ from deliveries.lifecycle import (
     StaleDelivery,
     delivery_flag,
     delivery_move,
+    delivery_reroute,
 )
 from deliveries.models import Delivery
 from drones import flight
 from drones.geo import Point
 from drones.models import Drone
+from drones.routes import route_json, router_for
 from portal.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -112,6 +115,7 @@ class _Last:
     db: int = 0  # ms of the report last written to the database
     kmh: float | None = None  # recent cruise speed, km/h of sim time
     stage_t: int = 0  # ms of the report that moved its delivery to the current stage
+    home: list[list[float]] | None = None  # the route home, planned once per flight home
 
     @classmethod
     def parse(cls, raw: bytes | None) -> _Last | None:
@@ -230,11 +234,6 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
         new_lasts[drone.pk] = last
 
     _write_database(positions, delivery_etas)
-    pipeline = redis.pipeline(transaction=False)
-    for drone_id, last in new_lasts.items():
-        pipeline.set(_last_key(drone_id), last.dump(), ex=LAST_TTL_SECONDS)
-    pipeline.execute()
-    live.statuses_write(live_writes)
     for drone, raw in zip(flying, lasts, strict=True):
         # Every report ignored: the orders from what was known before.
         last = new_lasts.get(drone.pk) or _Last.parse(raw)
@@ -242,6 +241,11 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
             deliveries.get(drone.assigned_delivery_id) if drone.assigned_delivery_id else None
         )
         outcome.commands[drone.serial] = drone_orders(drone, delivery, last)
+    pipeline = redis.pipeline(transaction=False)
+    for drone_id, last in new_lasts.items():
+        pipeline.set(_last_key(drone_id), last.dump(), ex=LAST_TTL_SECONDS)
+    pipeline.execute()
+    live.statuses_write(live_writes)
     outcome.results.sort(key=lambda item: item.index)
     return outcome
 
@@ -262,6 +266,7 @@ def _next_last(last: _Last | None, report: Report) -> _Last:
         db=last.db if last is not None else 0,
         kmh=kmh,
         stage_t=last.stage_t if last is not None else 0,
+        home=last.home if last is not None else None,
     )
 
 
@@ -441,8 +446,9 @@ def _latlon(point: Point) -> dict[str, float]:
 
 def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) -> dict[str, Any]:
     """What the drone is to do now, sent in the answer to each of its reports (its uplink):
-    fly its delivery, come home, or stand by. The same orders every time, so a drone acts on
-    a change and a restarted one picks up where it was."""
+    fly its delivery along the planned routes, come home, hold where it is, or stand by. The
+    same orders every time, so a drone acts on a change (a new delivery, a new route around a
+    zone that opened: `route_version`) and a restarted one picks up where it was."""
     base = Point(drone.base.lat, drone.base.lon)
     here = Point(last.lat, last.lon) if last is not None else Point(drone.lat, drone.lon)
     alt = last.alt if last is not None else drone.alt_m
@@ -451,6 +457,10 @@ def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) ->
         and delivery.status in WITH_DRONE
         and drone.state not in (State.GROUNDED, State.LOST)
     ):
+        if last is not None:
+            last.home = None
+        if (delivery.route or {}).get("hold"):
+            return {"type": "hold", "delivery_id": str(delivery.pk)}
         pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
         dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
         takeoff = None
@@ -464,6 +474,7 @@ def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) ->
                 speed_kmh=drone.model.cruise_speed_kmh,
             )
             takeoff = _takeoff_at(delivery, to_pickup or 0.0)
+        planned = delivery.route or {}
         return {
             "type": "deliver",
             "delivery_id": str(delivery.pk),
@@ -474,18 +485,32 @@ def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) ->
             "dropoff": _latlon(dropoff),
             "base": _latlon(base),
             "routes": {
-                "to_pickup": [[here.lat, here.lon], [pickup.lat, pickup.lon]],
-                "to_dropoff": [[pickup.lat, pickup.lon], [dropoff.lat, dropoff.lon]],
-                "to_base": [[dropoff.lat, dropoff.lon], [base.lat, base.lon]],
+                "to_pickup": planned.get("to_pickup") or route_json([here, pickup]),
+                "to_dropoff": planned.get("to_dropoff") or route_json([pickup, dropoff]),
+                "to_base": planned.get("to_base") or route_json([dropoff, base]),
             },
+            "route_version": delivery.route_version,
         }
     if flight.landed_at(here, alt, base):
+        if last is not None:
+            last.home = None
         return {"type": "stand_by"}
-    return {
-        "type": "return_to_base",
-        "base": _latlon(base),
-        "route": [[here.lat, here.lon], [base.lat, base.lon]],
-    }
+    return {"type": "return_to_base", "base": _latlon(base), "route": _home_route(here, base, last)}
+
+
+def _home_route(here: Point, base: Point, last: _Last | None) -> list[list[float]]:
+    """The way home around the zones active now, planned once per flight home (kept with the
+    drone's last report) rather than at every report."""
+    if last is not None and last.home and last.home[-1] == route_json([base])[0]:
+        return last.home
+    try:
+        route = route_json(router_for(timezone.now()).route(here, base))
+    except NoRoute as exc:
+        logger.warning("no way home around the no-fly zones for a drone at %s: %s", here, exc)
+        route = route_json([here, base])
+    if last is not None:
+        last.home = route
+    return route
 
 
 # --- drones that stop reporting -------------------------------------------------------------
@@ -592,3 +617,101 @@ def drone_return_to_service(*, drone_id: UUID) -> Drone:
     )
     drone.state = state
     return drone
+
+
+# --- zones that open or close while drones fly --------------------------------------------------
+
+REROUTE_SIGNATURE_KEY = "airspace:flights-signature"
+# The legs still to fly in each stage, and where the first of them starts.
+LEGS_LEFT: dict[str, tuple[str, ...]] = {
+    Status.ASSIGNED: ("to_pickup", "to_dropoff", "to_base"),
+    Status.EN_ROUTE_TO_PICKUP: ("to_pickup", "to_dropoff", "to_base"),
+    Status.AT_PICKUP: ("to_dropoff", "to_base"),
+    Status.EN_ROUTE_TO_DROPOFF: ("to_dropoff", "to_base"),
+    Status.AT_DROPOFF: ("to_base",),
+}
+
+
+def flights_reroute(*, now: datetime | None = None) -> int:
+    """When the no-fly zones active now change (beat, every few seconds), plan again every
+    flight not yet home: the leg under way from where the drone is, the later legs whole.
+    A delivery whose routes changed gets them with a new route_version (its drone reroutes at
+    its next report); one with no way around holds where it is and is flagged to operators,
+    until a later change lets it go on. Drones flying home get a new way home. Returns how many
+    deliveries were rerouted or held."""
+    from airspace.selectors import zones_active
+
+    now = now or timezone.now()
+    redis = get_redis_connection("default")
+    # A zone's id and last change: one drawn anew counts as another.
+    active = zones_active(start=now, end=now).values_list("id", "updated_at")
+    signature = ",".join(sorted(f"{zone_id}@{changed:%s.%f}" for zone_id, changed in active))
+    previous = redis.get(REROUTE_SIGNATURE_KEY)
+    if previous is not None and previous.decode() == signature:
+        return 0
+    router = router_for(now)
+    changed = 0
+    deliveries = list(
+        Delivery.objects.filter(status__in=list(LEGS_LEFT), drone__isnull=False).select_related(
+            "drone__base"
+        )
+    )
+    lasts = redis.mget([f"drone:{d.drone_id}:last" for d in deliveries]) if deliveries else []
+    for delivery, raw in zip(deliveries, lasts, strict=True):
+        changed += _reroute(delivery, _Last.parse(raw), router)
+    # Drones flying home plan their way home again at their next report.
+    returning = Drone.objects.filter(state=State.FLYING, assigned_delivery_id__isnull=True)
+    for drone_id in returning.values_list("pk", flat=True):
+        last = _Last.parse(redis.get(_last_key(drone_id)))
+        if last is not None and last.home:
+            last.home = None
+            redis.set(_last_key(drone_id), last.dump(), ex=LAST_TTL_SECONDS)
+    redis.set(REROUTE_SIGNATURE_KEY, signature)
+    return changed
+
+
+def _reroute(delivery: Delivery, last: _Last | None, router: Any) -> int:
+    drone = delivery.drone
+    assert drone is not None
+    pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
+    dropoff = Point(delivery.dropoff_lat, delivery.dropoff_lon)
+    base = Point(drone.base.lat, drone.base.lon)
+    here = Point(last.lat, last.lon) if last is not None else Point(drone.lat, drone.lon)
+    stops = {"to_pickup": pickup, "to_dropoff": dropoff, "to_base": base}
+    starts = {"to_pickup": here, "to_dropoff": pickup, "to_base": dropoff}
+    legs = LEGS_LEFT[delivery.status]
+    if delivery.status in (Status.EN_ROUTE_TO_DROPOFF,):
+        starts["to_dropoff"] = here
+    if delivery.status == Status.AT_DROPOFF:
+        starts["to_base"] = here
+    planned = dict(delivery.route or {})
+    new = {key: value for key, value in planned.items() if key != "hold"}
+    try:
+        for leg in legs:
+            new[leg] = route_json(router.route(starts[leg], stops[leg]))
+    except NoRoute as exc:
+        if planned.get("hold"):
+            return 0
+        names = ", ".join(f"'{zone.name}'" for zone in exc.zones)
+        attention = f"no way around the no-fly zones {names}: drone {drone.serial} holds"
+        return int(
+            delivery_reroute(
+                delivery, {**planned, "hold": True}, note=attention, attention=attention
+            )
+        )
+    unchanged = all(
+        _same_route(new[leg], planned.get(leg), from_here=starts[leg] == here) for leg in legs
+    )
+    if unchanged and not planned.get("hold"):
+        return 0
+    return int(delivery_reroute(delivery, new, note="rerouted: the no-fly zones active changed"))
+
+
+def _same_route(new: list[list[float]], old: Any, *, from_here: bool) -> bool:
+    """Whether a leg's route is unchanged: for the leg under way, the same way on from where
+    the drone is (the old route's remaining waypoints)."""
+    if not old:
+        return False
+    if from_here:
+        return new[1:] == old[-len(new) + 1 :] if len(new) > 1 else len(old) <= 2
+    return bool(new == old)

@@ -374,6 +374,11 @@ FLEET_SHAPE_CACHE_SECONDS = float(envstr("FLEET_SHAPE_CACHE_SECONDS") or 30)
 DELIVERY_MAX_DAYS_AHEAD = envint("DELIVERY_MAX_DAYS_AHEAD", 7)
 DELIVERY_BOOKING_LEAD_SECONDS = envint("DELIVERY_BOOKING_LEAD_SECONDS", 30 * 60)
 
+# Airspace: every route keeps this far (metres) from every no-fly zone active while it is flown.
+AIRSPACE_MARGIN_M = float(envstr("AIRSPACE_MARGIN_M") or 50)
+if AIRSPACE_MARGIN_M < 0:
+    raise ImproperlyConfigured(f"AIRSPACE_MARGIN_M cannot be negative, not {AIRSPACE_MARGIN_M}")
+
 # The fleet: telemetry and the simulator.
 # A drone that has not reported for this long is `lost`: never assigned, its delivery flagged.
 DRONE_LOST_AFTER_SECONDS = envint("DRONE_LOST_AFTER_SECONDS", 30)
@@ -393,6 +398,7 @@ CELERY_BEAT_SCHEDULE = {
     "deliveries-sweep": {"task": "workers.deliveries_sweep", "schedule": 30.0},
     "deliveries-book-due": {"task": "workers.deliveries_book_due", "schedule": 5.0},
     "drones-watch": {"task": "workers.drones_watch", "schedule": 5.0},
+    "flights-reroute": {"task": "workers.flights_reroute", "schedule": 5.0},
     "housekeeping": {"task": "workers.housekeeping", "schedule": 3600.0},
 }
 

@@ -44,6 +44,16 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def fresh_airspace() -> Iterator[None]:
+    """No airspace cached in the process from another test (whose zones were rolled back)."""
+    from airspace import selectors
+
+    selectors.airspace_cache_clear()
+    yield
+    selectors.airspace_cache_clear()
+
+
 # --- businesses and their API clients ---------------------------------------------------------
 
 

@@ -125,6 +125,11 @@ def drones_watch() -> int:
     return telemetry.drones_watch()
 
 
+@shared_task(name="workers.flights_reroute")
+def flights_reroute() -> int:
+    return telemetry.flights_reroute()
+
+
 @shared_task(name="workers.housekeeping")
 def housekeeping() -> dict[str, Any]:
     return {

@@ -61,8 +61,31 @@
     time.textContent = clock(at);
   }
 
+  // The sketch of the route (an SVG drawn by the server): the drone's dot moves on it, placed
+  // with the same flat projection the server drew it in.
+  var sketch = document.getElementById("route-sketch");
+
+  function moveDot(location) {
+    if (!sketch) {
+      return;
+    }
+    var dot = document.getElementById("route-drone");
+    if (!location) {
+      dot.setAttribute("visibility", "hidden");
+      return;
+    }
+    var lat0 = Number(sketch.getAttribute("data-lat-max"));
+    var lon0 = Number(sketch.getAttribute("data-lon-min"));
+    var k = Number(sketch.getAttribute("data-cos"));
+    var scale = Number(sketch.getAttribute("data-scale"));
+    dot.setAttribute("cx", ((Number(location.lon) - lon0) * k * scale).toFixed(1));
+    dot.setAttribute("cy", ((lat0 - Number(location.lat)) * scale).toFixed(1));
+    dot.setAttribute("visibility", "visible");
+  }
+
   function setPosition(location) {
     show("position", Boolean(location));
+    moveDot(location);
     if (!location) {
       return;
     }
