@@ -35,7 +35,7 @@ from deliveries.lifecycle import (
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage, Quote
 from drones.flight import route_km
 from drones.geo import Point, distance_km
-from drones.routes import Router, route_json, router_for
+from drones.routes import LegRouter, Router, route_json, router_for
 from drones.selectors import delivery_impossible_reason, drone_plan_best
 from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
 from portal.db import execute, prepare_insert
@@ -152,12 +152,16 @@ def delivery_request_check(
             )
     router = router or router_for(request.pickup_time or now)
     route = _leg_route(request, router)
+    # Whether some drone has the range: by the planned leg and straight lines from and to the
+    # bases, the least they could be. A detour around zones near a base can still put the trip
+    # out of range: the workflow, which plans every leg, then fails it with the reason. Planning
+    # the bases' legs here too would cost each request two more routes.
     reason = delivery_impossible_reason(
         pickup=request.pickup.point,
         dropoff=request.dropoff.point,
         weight_kg=request.package_weight_kg,
         max_age_seconds=fleet_max_age_seconds,
-        router=router,
+        router=LegRouter(request.pickup.point, request.dropoff.point, route),
     )
     if reason:
         raise DeliveryImpossible(reason)

@@ -42,7 +42,7 @@ from deliveries.models import Delivery
 from drones import flight
 from drones.geo import Point
 from drones.models import Drone
-from drones.routes import route_json, router_for
+from drones.routes import route_json, route_points, router_for
 from portal.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -345,6 +345,7 @@ def _estimate(delivery: Delivery, drone: Drone, report: Report, last: _Last) -> 
     hovering = None
     if delivery.status in (Status.AT_PICKUP, Status.AT_DROPOFF) and last.stage_t:
         hovering = max(0.0, (report.t_ms - last.stage_t) / 1000)
+    planned = delivery.route or {}
     to_pickup, to_done = flight.remaining_seconds(
         position=report.position,
         alt_m=report.alt_m,
@@ -352,6 +353,9 @@ def _estimate(delivery: Delivery, drone: Drone, report: Report, last: _Last) -> 
         pickup=pickup,
         dropoff=dropoff,
         speed_kmh=speed,
+        # The routes the drone flies (around no-fly zones), what is left of them from here.
+        route_to_pickup=route_points(planned.get("to_pickup")) or None,
+        route_to_dropoff=route_points(planned.get("to_dropoff")) or None,
         hovering_for=hovering,
     )
     start = report.time

@@ -418,3 +418,28 @@ def test_a_drone_added_by_seed_fleet_serves_the_very_next_request(tenant: Tenant
     fleet_seed(count=2, center=far, radius_km=1.0, seed=3)
     accepted = tenant.client.post_json("/api/v1/deliveries", body)
     assert accepted.status_code == 202, accepted.json()
+
+
+def test_the_eta_follows_the_planned_route_around_a_zone_not_the_straight_line(
+    tenant: Tenant, drone: Drone, gateway: Gateway
+) -> None:
+    delivery = booked(tenant)
+    home = Point(drone.base.lat, drone.base.lon)
+    # A detour through a waypoint 1 km east of the midpoint, as a route around a zone is.
+    middle = flight.interpolate(PICKUP, DROPOFF, 0.5)
+    east = Point(middle.lat, middle.lon + 1 / (111.2 * 0.674))
+    detour = [[PICKUP.lat, PICKUP.lon], [east.lat, east.lon], [DROPOFF.lat, DROPOFF.lon]]
+    Delivery.objects.filter(pk=delivery.pk).update(route={**delivery.route, "to_dropoff": detour})
+    gateway.send(drone, home, 10.0)
+    gateway.send(drone, PICKUP, 5.0, seconds=30)
+    gateway.send(drone, PICKUP, 15.0, seconds=30)
+    start = flight.interpolate(PICKUP, east, 0.1)
+    gateway.send(drone, start, 60.0, seconds=10, speed=60 / 3.6)
+
+    status = live.status_read(delivery.pk)
+    assert status is not None
+    eta = datetime.fromisoformat(status["dropoff_eta"].replace("Z", "+00:00"))
+    km_left = distance_km(start, east) + distance_km(east, DROPOFF)
+    expected = km_left / 60 * 3600 + 55 / 4 + flight.HANDLING_SECONDS
+    assert (eta - gateway.now).total_seconds() == pytest.approx(expected, abs=1)
+    assert km_left > distance_km(start, DROPOFF) + 0.5  # the straight line would be sooner
