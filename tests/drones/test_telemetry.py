@@ -429,7 +429,9 @@ def test_the_eta_follows_the_planned_route_around_a_zone_not_the_straight_line(
     middle = flight.interpolate(PICKUP, DROPOFF, 0.5)
     east = Point(middle.lat, middle.lon + 1 / (111.2 * 0.674))
     detour = [[PICKUP.lat, PICKUP.lon], [east.lat, east.lon], [DROPOFF.lat, DROPOFF.lon]]
-    Delivery.objects.filter(pk=delivery.pk).update(route={**delivery.route, "to_dropoff": detour})
+    Delivery.objects.filter(pk=delivery.pk).update(
+        route={**(delivery.route or {}), "to_dropoff": detour}
+    )
     gateway.send(drone, home, 10.0)
     gateway.send(drone, PICKUP, 5.0, seconds=30)
     gateway.send(drone, PICKUP, 15.0, seconds=30)
