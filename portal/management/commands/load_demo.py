@@ -11,6 +11,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from airspace.models import NoFlyZone
+from airspace.services import zones_import
 from businesses.models import Business
 from businesses.services import api_key_create, business_create
 from drones.models import Drone
@@ -20,6 +22,33 @@ DEMO_PASSWORD = "fabrikam-demo"  # noqa: S105 - a development-only account, refu
 DEMO_BUSINESS = "Fabrikam Demo Business"
 # The fleet flies around downtown Seattle.
 DEMO_FLEET = {"count": 150, "lat": 47.6062, "lon": -122.3321, "radius_km": 8.0}
+# Two no-fly zones over the stadiums south of downtown, so that some flights go around them.
+DEMO_ZONES = {
+    "Lumen Field": (47.5952, -122.3316, 0.25),
+    "T-Mobile Park": (47.5914, -122.3325, 0.2),
+}
+
+
+def demo_zones() -> dict[str, Any]:
+    """The demo zones as a GeoJSON FeatureCollection: squares around each stadium."""
+    features = []
+    for name, (lat, lon, half_km) in DEMO_ZONES.items():
+        dlat, dlon = half_km / 111.2, half_km / (111.2 * 0.674)
+        ring = [
+            [lon - dlon, lat - dlat],
+            [lon + dlon, lat - dlat],
+            [lon + dlon, lat + dlat],
+            [lon - dlon, lat + dlat],
+            [lon - dlon, lat - dlat],
+        ]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"name": name, "reason": "stadium", "active": True},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
 
 
 class Command(BaseCommand):
@@ -64,3 +93,8 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"demo fleet: {count} drones around ({DEMO_FLEET['lat']}, {DEMO_FLEET['lon']})"
             )
+
+        if not NoFlyZone.objects.exists():
+            zones_import(demo_zones())
+        names = ", ".join(NoFlyZone.objects.filter(active=True).values_list("name", flat=True))
+        self.stdout.write(f"no-fly zones: {names or 'none'}")
