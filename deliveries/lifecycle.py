@@ -14,7 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from deliveries import live
+from deliveries import announce, live
 from deliveries.models import Delivery, DeliveryEvent
 from drones.services import drone_release
 from portal.db import insert
@@ -138,8 +138,10 @@ def delivery_move(
                 note=note[:300],
             )
         )
+        previous = delivery.status
         for name, value in fields.items():
             setattr(delivery, name, value)
+        announce.stage_changed(delivery, previous=previous, at=at or now)
         live.status_write(delivery, drone_location=location or position, at=at or now)
     return delivery
 

@@ -27,7 +27,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from airspace.routing import NoRoute
-from deliveries import live
+from deliveries import announce, live
 from deliveries.lifecycle import (
     BEFORE_PICKUP,
     PACKAGE_ABOARD,
@@ -430,11 +430,13 @@ def _write_database(
     with transaction.atomic():
         for drone_id, values in positions.items():
             Drone.objects.filter(pk=drone_id).update(**values)
+        now = timezone.now()
         for delivery in deliveries.values():
             # Only if no stage change came between: the lifecycle wrote its own.
-            Delivery.objects.filter(pk=delivery.pk, version=delivery.version).update(
+            if Delivery.objects.filter(pk=delivery.pk, version=delivery.version).update(
                 pickup_eta=delivery.pickup_eta, dropoff_eta=delivery.dropoff_eta
-            )
+            ):
+                announce.eta_changed(delivery, at=now)
 
 
 # --- orders for the drones ------------------------------------------------------------------

@@ -1,0 +1,21 @@
+"""What a delivery's changes announce: the business's signed webhooks and the customers' emails.
+
+Called by the lifecycle in the transaction of every stage change, and by telemetry when it
+writes new ETAs, so that what must be sent is stored with the change itself (the outbox
+pattern): workers send it after commit, with retries, and a change rolled back announces
+nothing. Each announcer records, it never sends here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from deliveries.models import Delivery
+
+
+def stage_changed(delivery: Delivery, *, previous: str, at: datetime) -> None:
+    """`delivery` (already updated) has just moved from `previous` to `delivery.status`."""
+
+
+def eta_changed(delivery: Delivery, *, at: datetime) -> None:
+    """Telemetry has just written `delivery`'s new ETAs to the database."""
