@@ -11,11 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from deliveries.models import Delivery
+from webhooks import services as webhooks
 
 
 def stage_changed(delivery: Delivery, *, previous: str, at: datetime) -> None:
     """`delivery` (already updated) has just moved from `previous` to `delivery.status`."""
+    webhooks.webhooks_stage_record(delivery, previous=previous, at=at)
 
 
 def eta_changed(delivery: Delivery, *, at: datetime) -> None:
     """Telemetry has just written `delivery`'s new ETAs to the database."""
+    webhooks.webhooks_eta_record(delivery, at=at)

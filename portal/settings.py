@@ -128,6 +128,7 @@ INSTALLED_APPS = [
     "deliveries",
     "packages",
     "airspace",
+    "webhooks",
     "workers",
 ]
 
@@ -441,4 +442,29 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "GeoJSONFeatureTypeEnum": ["Feature"],
     "GeoJSONFeatureCollectionTypeEnum": ["FeatureCollection"],
     "ZoneGeometryTypeEnum": ["Polygon", "MultiPolygon"],
+}
+
+
+# --- Webhooks: businesses' signed delivery events (webhooks/) --------------------------------
+# A dropoff ETA that moved by more than this since the last one announced is delivery.eta_changed.
+WEBHOOK_ETA_CHANGE_SECONDS = envint("WEBHOOK_ETA_CHANGE_SECONDS", 120)
+# An endpoint failing every attempt for this long is disabled and its business emailed.
+WEBHOOK_DISABLE_AFTER_SECONDS = envint("WEBHOOK_DISABLE_AFTER_SECONDS", 24 * 3600)
+# A message is retried, with exponential backoff and jitter, for this long, then failed.
+WEBHOOK_RETRY_WINDOW_SECONDS = envint("WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600)
+WEBHOOK_RETRY_BASE_SECONDS = float(envstr("WEBHOOK_RETRY_BASE_SECONDS") or 5)
+WEBHOOK_RETRY_MAX_SECONDS = float(envstr("WEBHOOK_RETRY_MAX_SECONDS") or 3600)
+WEBHOOK_TIMEOUT_SECONDS = float(envstr("WEBHOOK_TIMEOUT_SECONDS") or 5)
+# URLs resolving to private, loopback, link-local or reserved addresses are refused unless this
+# is on (tests post to a receiver on 127.0.0.1); never in production.
+WEBHOOK_ALLOW_PRIVATE = envbool("WEBHOOK_ALLOW_PRIVATE", False)
+# How long a process trusts what it knows of which businesses have active endpoints (telemetry
+# announces ETAs every few seconds per flying drone; without endpoints that costs no query).
+WEBHOOK_ENDPOINTS_CACHE_SECONDS = float(envstr("WEBHOOK_ENDPOINTS_CACHE_SECONDS") or 5)
+# Attempts (and finished messages) are kept this many days.
+WEBHOOK_KEEP_DAYS = envint("WEBHOOK_KEEP_DAYS", 14)
+CELERY_BEAT_SCHEDULE["webhooks-dispatch"] = {"task": "workers.webhooks_dispatch", "schedule": 2.0}
+CELERY_BEAT_SCHEDULE["webhooks-housekeeping"] = {
+    "task": "workers.webhooks_housekeeping",
+    "schedule": 3600.0,
 }

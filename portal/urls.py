@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/v1/", include("deliveries.urls")),
     path("api/v1/", include("drones.urls")),
     path("api/v1/", include("airspace.urls")),
+    path("api/v1/", include("webhooks.urls")),
     path("track/<str:token>", delivery_views.track, name="track"),
     path("live/", include("portal.live_urls")),
     path("admin/", admin.site.urls),

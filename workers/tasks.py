@@ -16,6 +16,7 @@ from deliveries import services
 from deliveries.models import Delivery
 from drones import telemetry
 from packages.services import package_upsert
+from webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +137,27 @@ def housekeeping() -> dict[str, Any]:
         "idempotency_records": services.idempotency_prune(),
         "outbox_messages": services.outbox_prune(),
     }
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+@shared_task(name="workers.webhooks_dispatch")
+def webhooks_dispatch() -> int:
+    """Beat, every 2 s: claim the due webhook messages and hand each to a sender."""
+    return webhooks.webhooks_dispatch(send=lambda message_id: webhook_send.delay(message_id))
+
+
+@shared_task(name="workers.webhook_send")
+def webhook_send(message_id: str) -> bool | None:
+    """Send one claimed message; when it got through, its stream's next one follows at once."""
+    sent = webhooks.webhook_message_send(message_id=message_id)
+    if sent:
+        for next_id in webhooks.webhook_stream_next(message_id=message_id):
+            webhook_send.delay(next_id)
+    return sent
+
+
+@shared_task(name="workers.webhooks_housekeeping")
+def webhooks_housekeeping() -> int:
+    return webhooks.webhooks_prune()

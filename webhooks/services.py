@@ -1,0 +1,584 @@
+"""Webhook endpoints (register, change, rotate, remove), the events recorded for them in the
+transaction of a delivery's change, and their sending by workers.
+
+Sending: beat runs `webhooks_dispatch` every 2 s; it claims due messages (a lease, so a message
+whose worker died is sent again) and sends each, signed with the Standard Webhooks scheme
+(`standardwebhooks`), with the same `webhook-id` on every retry. A message is due only when no
+earlier message of its (endpoint, delivery) stream is pending, so a delivery's events arrive
+in order even across retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import urllib3
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.db.models import Exists, Max, OuterRef
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from businesses.models import Business
+from deliveries.models import Delivery
+from portal.errors import NotFound, Unprocessable
+from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+
+logger = logging.getLogger(__name__)
+
+Status = Delivery.Status
+ETA_CHANGED = "delivery.eta_changed"
+# Which stage announces which event.
+STAGE_EVENTS: dict[str, str] = {
+    Status.ASSIGNED: "delivery.assigned",
+    Status.EN_ROUTE_TO_DROPOFF: "delivery.picked_up",
+    Status.DELIVERED: "delivery.delivered",
+    Status.CANCELLED: "delivery.cancelled",
+    Status.FAILED: "delivery.failed",
+}
+EVENT_TYPES: tuple[str, ...] = (*STAGE_EVENTS.values(), ETA_CHANGED)
+PREVIOUS_SECRET_VALID = timedelta(hours=24)
+RESPONSE_BODY_CAP = 4096
+# How long a claimed message is left to its sender before another may take it.
+CLAIM_LEASE = timedelta(seconds=60)
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
+
+
+class UnsafeUrl(Unprocessable):
+    code = "unsafe_url"
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+def secret_generate() -> str:
+    """A signing secret as the Standard Webhooks libraries write them: `whsec_` and base64 of
+    random bytes (32 here; the specification asks for 24 to 64)."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def url_check(url: str) -> None:
+    """Refuse what a business may not make us post to: anything but https (http too when
+    DEBUG), and, unless WEBHOOK_ALLOW_PRIVATE, a host that resolves to a private, loopback,
+    link-local or reserved address. Raises UnsafeUrl."""
+    parts = urlsplit(url)
+    allowed = ("https", "http") if settings.DEBUG else ("https",)
+    if parts.scheme not in allowed:
+        raise UnsafeUrl("the URL must start with https://", field="url")
+    if not parts.hostname:
+        raise UnsafeUrl("the URL has no host", field="url")
+    if parts.username or parts.password:
+        raise UnsafeUrl("the URL may not carry a user or password", field="url")
+    address_resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+
+def _refused(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+def address_resolve(host: str, port: int) -> str:
+    """The address to connect to for `host`; UnsafeUrl when it does not resolve or when any of
+    its addresses is not public (unless WEBHOOK_ALLOW_PRIVATE). The sender connects to this
+    very address, so a name that resolves differently a moment later cannot redirect it."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise UnsafeUrl(f"the host {host} does not resolve", field="url") from None
+    addresses = [str(info[4][0]) for info in found]
+    if not addresses:
+        raise UnsafeUrl(f"the host {host} does not resolve", field="url")
+    if not settings.WEBHOOK_ALLOW_PRIVATE and any(_refused(a) for a in addresses):
+        raise UnsafeUrl(
+            "the URL resolves to a private, loopback, link-local or reserved address",
+            field="url",
+        )
+    return addresses[0]
+
+
+def _events_check(events: list[str]) -> list[str]:
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if unknown:
+        raise Unprocessable(f"unknown events: {', '.join(unknown)}", field="events")
+    if not events:
+        raise Unprocessable("subscribe to at least one event", field="events")
+    return sorted(set(events))
+
+
+def webhook_endpoint_create(
+    *, business_id: UUID, url: str, events: list[str], active: bool = True, description: str = ""
+) -> WebhookEndpoint:
+    """A new endpoint; its `secret` is shown to the business once, in the answer to this."""
+    url_check(url)
+    endpoint = WebhookEndpoint.objects.create(
+        business_id=business_id,
+        url=url,
+        events=_events_check(events),
+        active=active,
+        description=description,
+        secret=secret_generate(),
+    )
+    endpoints_cache_clear(business_id)
+    return endpoint
+
+
+def webhook_endpoint_get(*, business_id: UUID, endpoint_id: UUID) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, business_id=business_id).first()
+    if endpoint is None:
+        raise NotFound("no such webhook endpoint")
+    return endpoint
+
+
+def webhook_endpoint_update(
+    *, business_id: UUID, endpoint_id: UUID, changes: dict[str, Any]
+) -> WebhookEndpoint:
+    """Change url, events, active, description; re-activating a disabled endpoint clears its
+    failure record."""
+    endpoint = webhook_endpoint_get(business_id=business_id, endpoint_id=endpoint_id)
+    if "url" in changes:
+        url_check(changes["url"])
+        endpoint.url = changes["url"]
+    if "events" in changes:
+        endpoint.events = _events_check(changes["events"])
+    if "description" in changes:
+        endpoint.description = changes["description"]
+    if "active" in changes:
+        endpoint.active = changes["active"]
+        if changes["active"]:
+            endpoint.disabled_at = None
+            endpoint.failing_since = None
+    endpoint.save()
+    endpoints_cache_clear(business_id)
+    return endpoint
+
+
+def webhook_endpoint_delete(*, business_id: UUID, endpoint_id: UUID) -> None:
+    webhook_endpoint_get(business_id=business_id, endpoint_id=endpoint_id).delete()
+    endpoints_cache_clear(business_id)
+
+
+def webhook_endpoint_rotate(*, business_id: UUID, endpoint_id: UUID) -> WebhookEndpoint:
+    """A new secret; the current one keeps signing (beside it) for 24 hours."""
+    endpoint = webhook_endpoint_get(business_id=business_id, endpoint_id=endpoint_id)
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_until = timezone.now() + PREVIOUS_SECRET_VALID
+    endpoint.secret = secret_generate()
+    endpoint.save(
+        update_fields=["secret", "previous_secret", "previous_secret_until", "updated_at"]
+    )
+    return endpoint
+
+
+def webhook_message_resend(
+    *, message_id: str, business_id: UUID | None = None, endpoint_id: UUID | None = None
+) -> WebhookMessage:
+    """Send a message again (same `webhook-id`), soon, retried as a new one would be.
+    `business_id` and `endpoint_id` scope it (the API); operators leave them out."""
+    messages = WebhookMessage.objects.select_related("endpoint")
+    if business_id is not None:
+        messages = messages.filter(endpoint__business_id=business_id)
+    if endpoint_id is not None:
+        messages = messages.filter(endpoint_id=endpoint_id)
+    message = messages.filter(pk=message_id).first()
+    if message is None:
+        raise NotFound("no such webhook message")
+    now = timezone.now()
+    message.status = WebhookMessage.Status.PENDING
+    message.next_attempt_at = now
+    message.retry_until = now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS)
+    message.save(update_fields=["status", "next_attempt_at", "retry_until"])
+    return message
+
+
+# --- recording (in the transaction of the delivery's change) ----------------------------------
+
+_has_endpoints: dict[Any, tuple[float, bool]] = {}
+
+
+def endpoints_cache_clear(business_id: Any = None) -> None:
+    if business_id is None:
+        _has_endpoints.clear()
+    else:
+        _has_endpoints.pop(business_id, None)
+
+
+def business_has_endpoints(business_id: Any) -> bool:
+    """Whether the business has an active endpoint, as this process saw it at most
+    WEBHOOK_ENDPOINTS_CACHE_SECONDS ago: telemetry asks every few seconds per flying drone,
+    and most businesses have none."""
+    now = time.monotonic()
+    known = _has_endpoints.get(business_id)
+    if known is not None and known[0] > now:
+        return known[1]
+    has = WebhookEndpoint.objects.filter(
+        business_id=business_id, active=True, disabled_at__isnull=True
+    ).exists()
+    _has_endpoints[business_id] = (now + settings.WEBHOOK_ENDPOINTS_CACHE_SECONDS, has)
+    return has
+
+
+def _record(delivery: Delivery, event: str, at: datetime) -> int:
+    endpoints = [
+        endpoint
+        for endpoint in WebhookEndpoint.objects.filter(
+            business_id=delivery.business_id, active=True, disabled_at__isnull=True
+        ).only("id", "events")
+        if event in endpoint.events
+    ]
+    if not endpoints:
+        return 0
+    from deliveries.api import delivery_document  # the API imports the lifecycle, which calls us
+
+    payload = {
+        "type": event,
+        "timestamp": _iso(at),
+        "data": delivery_document(delivery),
+    }
+    # The delivery's row, swapped in this transaction, serialises its changes: max + 1 is safe.
+    last = dict(
+        WebhookMessage.objects.filter(delivery_id=delivery.pk, endpoint__in=endpoints)
+        .values("endpoint_id")
+        .annotate(last=Max("sequence"))
+        .values_list("endpoint_id", "last")
+    )
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS)
+    WebhookMessage.objects.bulk_create(
+        WebhookMessage(
+            endpoint=endpoint,
+            delivery_id=delivery.pk,
+            type=event,
+            payload=payload,
+            sequence=last.get(endpoint.pk, 0) + 1,
+            next_attempt_at=now,
+            retry_until=until,
+        )
+        for endpoint in endpoints
+    )
+    return len(endpoints)
+
+
+def webhooks_stage_record(delivery: Delivery, *, previous: str, at: datetime) -> int:
+    """Record the event of `delivery`'s new stage for every endpoint that wants it; how many."""
+    event = STAGE_EVENTS.get(delivery.status)
+    if event is None or previous == delivery.status:
+        return 0
+    if not business_has_endpoints(delivery.business_id):
+        return 0
+    return _record(delivery, event, at)
+
+
+def webhooks_eta_record(delivery: Delivery, *, at: datetime) -> int:
+    """Record `delivery.eta_changed` when the dropoff ETA moved by more than
+    WEBHOOK_ETA_CHANGE_SECONDS since the last one announced (by any of its events)."""
+    if delivery.dropoff_eta is None or not business_has_endpoints(delivery.business_id):
+        return 0
+    last = (
+        WebhookMessage.objects.filter(delivery_id=delivery.pk)
+        .order_by("-sequence", "-created_at")
+        .values_list("payload", flat=True)
+        .first()
+    )
+    announced = _parse((last or {}).get("data", {}).get("dropoff_eta"))
+    if announced is not None:
+        moved = abs((delivery.dropoff_eta - announced).total_seconds())
+        if moved <= settings.WEBHOOK_ETA_CHANGE_SECONDS:
+            return 0
+    return _record(delivery, ETA_CHANGED, at)
+
+
+def _iso(value: datetime) -> str:
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _parse(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+# --- sending ----------------------------------------------------------------------------------
+
+
+def _due() -> Any:
+    now = timezone.now()
+    earlier_pending = WebhookMessage.objects.filter(
+        endpoint_id=OuterRef("endpoint_id"),
+        delivery_id=OuterRef("delivery_id"),
+        sequence__lt=OuterRef("sequence"),
+        status=WebhookMessage.Status.PENDING,
+    )
+    return WebhookMessage.objects.filter(
+        status=WebhookMessage.Status.PENDING,
+        next_attempt_at__lte=now,
+        endpoint__active=True,
+        endpoint__disabled_at__isnull=True,
+    ).exclude(Exists(earlier_pending))
+
+
+def webhook_stream_next(*, message_id: str) -> list[str]:
+    """Claim the next message of `message_id`'s stream if it is due now (empty when none), so
+    a stream that was waiting behind a failing message drains without waiting for beat."""
+    message = WebhookMessage.objects.filter(pk=message_id).values("endpoint_id", "delivery_id")
+    first = message.first()
+    if first is None:
+        return []
+    return webhook_messages_claim(limit=1, **first)
+
+
+def webhook_messages_claim(
+    *, limit: int = 100, endpoint_id: UUID | None = None, delivery_id: UUID | None = None
+) -> list[str]:
+    """Claim up to `limit` due messages (the head of each stream) for this sender: their next
+    attempt moves a lease ahead, so no other sender takes them meanwhile, and a sender that
+    dies only delays them."""
+    with transaction.atomic():
+        due = _due().order_by("next_attempt_at")
+        if endpoint_id is not None:
+            due = due.filter(endpoint_id=endpoint_id, delivery_id=delivery_id)
+        if connection.features.has_select_for_update_skip_locked:
+            # Concurrent dispatchers skip each other's rows instead of queueing behind them.
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        ids = list(due.values_list("id", flat=True)[:limit])
+        if ids:
+            WebhookMessage.objects.filter(pk__in=ids).update(
+                next_attempt_at=timezone.now() + CLAIM_LEASE
+            )
+    return ids
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None
+    error: str
+    latency_ms: int
+    body: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def signature_headers(endpoint: WebhookEndpoint, message_id: str, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers: one signature per valid secret, space-separated."""
+    now = timezone.now()
+    secrets_valid = [endpoint.secret]
+    if (
+        endpoint.previous_secret
+        and endpoint.previous_secret_until
+        and endpoint.previous_secret_until > now
+    ):
+        secrets_valid.append(endpoint.previous_secret)
+    signatures = [
+        Webhook(secret).sign(msg_id=message_id, timestamp=now, data=body)
+        for secret in secrets_valid
+    ]
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": " ".join(signatures),
+    }
+
+
+def _post(url: str, body: str, headers: dict[str, str]) -> Outcome:
+    """POST to the address `url`'s host resolved to (checked), not following redirects, reading
+    at most RESPONSE_BODY_CAP bytes of the answer."""
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        address = address_resolve(host, port)
+    except UnsafeUrl as exc:
+        return Outcome(None, f"refused: {exc.message}"[:300], elapsed(), "")
+    timeout = urllib3.Timeout(total=settings.WEBHOOK_TIMEOUT_SECONDS)
+    pool: urllib3.HTTPConnectionPool
+    if parts.scheme == "https":
+        # Connect to the checked address; the certificate is verified for the URL's host name.
+        pool = urllib3.HTTPSConnectionPool(
+            address,
+            port,
+            timeout=timeout,
+            retries=False,
+            server_hostname=host,
+            assert_hostname=host,
+            cert_reqs="CERT_REQUIRED",
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+    path = parts.path or "/"
+    if parts.query:
+        path += f"?{parts.query}"
+    default_port = port == (443 if parts.scheme == "https" else 80)
+    request_headers = {
+        **headers,
+        "Host": host if default_port else f"{host}:{port}",
+        "Content-Type": "application/json",
+        "User-Agent": "Fabrikam-Webhooks/1",
+    }
+    try:
+        response = pool.urlopen(
+            "POST",
+            path,
+            body=body.encode(),
+            headers=request_headers,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            assert_same_host=False,
+        )
+        try:
+            text = response.read(RESPONSE_BODY_CAP).decode("utf-8", "replace")
+        finally:
+            response.release_conn()
+            response.close()
+        return Outcome(response.status, "", elapsed(), text)
+    except urllib3.exceptions.HTTPError as exc:
+        # The exception's text may carry the URL, which may carry a token: name the kind only.
+        return Outcome(None, type(exc).__name__, elapsed(), "")
+    finally:
+        pool.close()
+
+
+def _backoff(attempts: int) -> float:
+    """Exponential, capped, with full jitter over its upper half."""
+    ceiling = min(
+        settings.WEBHOOK_RETRY_MAX_SECONDS,
+        settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1),
+    )
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+
+def webhook_message_send(*, message_id: str) -> bool | None:
+    """Send one message now and record the attempt; True when the receiver took it (2xx),
+    False when it will be retried or has failed, None when there was nothing to send."""
+    message = WebhookMessage.objects.select_related("endpoint").filter(pk=message_id).first()
+    if message is None or message.status != WebhookMessage.Status.PENDING:
+        return None
+    endpoint = message.endpoint
+    body = json.dumps(message.payload, separators=(",", ":"))
+    outcome = _post(endpoint.url, body, signature_headers(endpoint, message.id, body))
+    now = timezone.now()
+    error = outcome.error or ("" if outcome.ok else f"HTTP {outcome.status_code}")
+    with transaction.atomic():
+        WebhookAttempt.objects.create(
+            message=message,
+            endpoint=endpoint,
+            at=now,
+            status_code=outcome.status_code,
+            latency_ms=outcome.latency_ms,
+            error=error[:300],
+            response_body=outcome.body[:1000],
+        )
+        attempts = message.attempts + 1
+        if outcome.ok:
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                status=WebhookMessage.Status.DELIVERED, attempts=attempts
+            )
+            WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=False).update(
+                failing_since=None
+            )
+            return True
+        retry_at = now + timedelta(seconds=_backoff(attempts))
+        if retry_at > message.retry_until:
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                status=WebhookMessage.Status.FAILED, attempts=attempts
+            )
+        else:
+            WebhookMessage.objects.filter(pk=message.pk).update(
+                attempts=attempts, next_attempt_at=retry_at
+            )
+        WebhookEndpoint.objects.filter(pk=endpoint.pk, failing_since__isnull=True).update(
+            failing_since=now
+        )
+    _disable_if_failing_too_long(endpoint.pk, now)
+    return False
+
+
+def _disable_if_failing_too_long(endpoint_id: UUID, now: datetime) -> None:
+    limit = now - timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_SECONDS)
+    # Compare-and-swap: one sender disables it and sends the email.
+    disabled = WebhookEndpoint.objects.filter(
+        pk=endpoint_id, disabled_at__isnull=True, failing_since__lte=limit
+    ).update(disabled_at=now, active=False)
+    if not disabled:
+        return
+    endpoint = WebhookEndpoint.objects.select_related("business").get(pk=endpoint_id)
+    endpoints_cache_clear(endpoint.business_id)
+    logger.warning("webhook endpoint %s disabled after failing since %s", endpoint_id, limit)
+    business: Business = endpoint.business
+    if business.email:
+        send_mail(
+            subject="Fabrikam: a webhook endpoint was disabled",
+            message=(
+                f"Every attempt to send events to {endpoint.url} has failed since "
+                f"{endpoint.failing_since:%Y-%m-%d %H:%M} UTC, so the endpoint was disabled.\n"
+                "Fix the receiver, then re-activate it (PATCH /api/v1/webhooks/"
+                f"{endpoint.pk} with active=true); its pending events are then sent."
+            ),
+            from_email=None,
+            recipient_list=[business.email],
+        )
+
+
+def webhooks_dispatch(
+    *, limit: int = 100, send: Callable[[str], Any] | None = None, rounds: int = 1
+) -> int:
+    """Claim due messages and send each (by `send`, e.g. a task's delay, else here); `rounds`
+    claims again after sending, for the next message of each stream. How many were claimed."""
+    total = 0
+    for _ in range(rounds):
+        ids = webhook_messages_claim(limit=limit)
+        if not ids:
+            break
+        total += len(ids)
+        for message_id in ids:
+            if send is not None:
+                send(message_id)
+            else:
+                webhook_message_send(message_id=message_id)
+    return total
+
+
+def webhooks_prune() -> int:
+    """Forget attempts, and finished messages, older than WEBHOOK_KEEP_DAYS."""
+    limit = timezone.now() - timedelta(days=settings.WEBHOOK_KEEP_DAYS)
+    attempts, _ = WebhookAttempt.objects.filter(at__lt=limit).delete()
+    messages, _ = (
+        WebhookMessage.objects.filter(created_at__lt=limit)
+        .exclude(status=WebhookMessage.Status.PENDING)
+        .delete()
+    )
+    return attempts + messages
