@@ -37,7 +37,7 @@ WORKFLOW_LAYERS = [
     ("    of which the search", "drones/selectors.py", "drone_plan_best"),
     ("    of which claim + delivery update + event", "drones/services.py", "book"),
     ("  of which live status (Redis)", "deliveries/live.py", "status_write"),
-    ("ETA email", "deliveries/services.py", "delivery_notify_eta"),
+    ("  of which stage emails recorded", "notifications/services.py", "notifications_record"),
 ]
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 from datetime import datetime
 
 from deliveries.models import Delivery
+from notifications.services import notifications_record
 from webhooks import services as webhooks
 
 
 def stage_changed(delivery: Delivery, *, previous: str, at: datetime) -> None:
     """`delivery` (already updated) has just moved from `previous` to `delivery.status`."""
+    notifications_record(delivery, previous=previous)
     webhooks.webhooks_stage_record(delivery, previous=previous, at=at)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -582,48 +581,6 @@ def delivery_fail(*, delivery_id: UUID, reason: str) -> bool:
             )
         except InvalidStageTransition:
             return False
-    return True
-
-
-def delivery_notify_eta(
-    *, delivery_id: UUID, delivery: Delivery | None = None, drone_serial: str | None = None
-) -> bool:
-    """Email the customer the ETA once; a redelivered message does not send it again.
-
-    `delivery` (with its business) and `drone_serial` spare reads when the workflow has just
-    assigned the delivery."""
-    if delivery is None:
-        delivery = (
-            Delivery.objects.select_related("business", "drone").filter(pk=delivery_id).first()
-        )
-    if (
-        delivery is None
-        or delivery.eta_notified_at is not None
-        or delivery.status != Status.ASSIGNED
-    ):
-        return False
-    recipient = delivery.recipient_email or delivery.business.email
-    if not recipient:
-        return False
-    tracking = f"{settings.PUBLIC_BASE_URL}/track/{delivery.tracking_token}"
-    eta = delivery.dropoff_eta.strftime("%Y-%m-%d %H:%M %Z") if delivery.dropoff_eta else "soon"
-    if drone_serial is None:
-        drone_serial = delivery.drone.serial if delivery.drone else ""
-    send_mail(
-        subject=f"Your drone delivery arrives around {eta}",
-        message=(
-            f"Hello {delivery.recipient_name or delivery.business.name},\n\n"
-            f"Drone {drone_serial} is assigned to your "
-            f"delivery {delivery.id}.\nPickup around {delivery.pickup_eta:%H:%M %Z}, "
-            f"dropoff around {eta}.\n\nFollow it live: {tracking}\n"
-        ),
-        from_email=None,
-        recipient_list=[recipient],
-    )
-    # Marked after sending: a worker dying in between sends the email again rather than never.
-    Delivery.objects.filter(pk=delivery.id, eta_notified_at__isnull=True).update(
-        eta_notified_at=timezone.now()
-    )
     return True
 
 

@@ -129,6 +129,7 @@ INSTALLED_APPS = [
     "packages",
     "airspace",
     "webhooks",
+    "notifications",
     "workers",
 ]
 
@@ -467,4 +468,23 @@ CELERY_BEAT_SCHEDULE["webhooks-dispatch"] = {"task": "workers.webhooks_dispatch"
 CELERY_BEAT_SCHEDULE["webhooks-housekeeping"] = {
     "task": "workers.webhooks_housekeeping",
     "schedule": 3600.0,
+}
+
+
+# --- Notifications: the stage emails and "Notify me" --------------------------------------------
+# A worker's claim on an email older than this (it died mid-send) may be taken by another; it
+# must exceed the longest send (EMAIL_TIMEOUT and then some).
+NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = envint("NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS", 180)
+# A send the mail server refused is tried again after this, doubling up to the maximum, and
+# given up after so many attempts (about a day with the defaults).
+NOTIFICATIONS_RETRY_BASE_SECONDS = float(envstr("NOTIFICATIONS_RETRY_BASE_SECONDS") or 30)
+NOTIFICATIONS_RETRY_MAX_SECONDS = float(envstr("NOTIFICATIONS_RETRY_MAX_SECONDS") or 3600)
+NOTIFICATIONS_MAX_ATTEMPTS = envint("NOTIFICATIONS_MAX_ATTEMPTS", 30)
+# The sweep leaves a just-recorded email this long to its own task.
+NOTIFICATIONS_SWEEP_GRACE_SECONDS = float(envstr("NOTIFICATIONS_SWEEP_GRACE_SECONDS") or 10)
+# How many addresses "Notify me" adds to one delivery at most.
+NOTIFY_ME_MAX_PER_DELIVERY = envint("NOTIFY_ME_MAX_PER_DELIVERY", 5)
+CELERY_BEAT_SCHEDULE["notifications-sweep"] = {
+    "task": "workers.notifications_sweep",
+    "schedule": 30.0,
 }

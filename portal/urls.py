@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from deliveries import views as delivery_views
+from notifications import views as notification_views
 from portal import health
 
 urlpatterns = [
@@ -15,6 +16,8 @@ urlpatterns = [
     path("api/v1/", include("airspace.urls")),
     path("api/v1/", include("webhooks.urls")),
     path("track/<str:token>", delivery_views.track, name="track"),
+    path("track/<str:token>/notify", notification_views.track_notify, name="track-notify"),
+    path("notifications/", include("notifications.urls")),
     path("live/", include("portal.live_urls")),
     path("admin/", admin.site.urls),
 ]

@@ -15,6 +15,7 @@ from celery import Task, shared_task
 from deliveries import services
 from deliveries.models import Delivery
 from drones import telemetry
+from notifications import services as notifications
 from packages.services import package_upsert
 from webhooks import services as webhooks
 
@@ -31,7 +32,8 @@ def ping() -> str:
 
 @shared_task(bind=True, name=services.WORKFLOW_TASK, max_retries=MAX_RETRIES)
 def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
-    """The delivery workflow: package document, drone, live status, the customer's email.
+    """The delivery workflow: package document, drone, live status (the customer's emails are
+    recorded by the stage change, notifications).
 
     A step that raises is retried with exponential backoff; when the retries run out the
     delivery is failed with the reason and its drone released, for operators to retry.
@@ -52,9 +54,8 @@ def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
 
 
 def _delivery_process(delivery_id: UUID, attempt: int) -> str:
-    # Not joined with its business: the email reads it only when the delivery names no
-    # recipient. get() rather than first(), which orders by the model's ordering: compiling
-    # that ORDER BY cost as much as the rest of the read.
+    # get() rather than first(), which orders by the model's ordering: compiling that ORDER BY
+    # cost as much as the rest of the read.
     try:
         delivery = Delivery.objects.get(pk=delivery_id)
     except Delivery.DoesNotExist:
@@ -77,33 +78,7 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
                 countdown=outcome.retry_in,
             )
             return "waiting"
-        if outcome.result != "assigned":
-            return "done"
-        drone_serial: str | None = outcome.drone_serial
-    else:
-        drone_serial = None
-    # Also on a redelivered message whose first run died after assigning.
-    if delivery.status == Delivery.Status.ASSIGNED and delivery.eta_notified_at is None:
-        try:
-            services.delivery_notify_eta(
-                delivery_id=delivery_id, delivery=delivery, drone_serial=drone_serial
-            )
-        except Exception as exc:  # noqa: BLE001 - a mail outage must not fail the delivery
-            logger.warning("delivery %s: ETA email failed, retried apart: %s", delivery_id, exc)
-            delivery_notify.delay(str(delivery_id))
     return "done"
-
-
-@shared_task(
-    name="workers.delivery_notify",
-    autoretry_for=(Exception,),
-    max_retries=6,
-    retry_backoff=5,
-    retry_backoff_max=600,
-)
-def delivery_notify(delivery_id: str) -> bool:
-    """Email the customer the ETA, once (the service records that it was sent)."""
-    return services.delivery_notify_eta(delivery_id=UUID(delivery_id))
 
 
 @shared_task(name="workers.outbox_relay")
@@ -137,6 +112,17 @@ def housekeeping() -> dict[str, Any]:
         "idempotency_records": services.idempotency_prune(),
         "outbox_messages": services.outbox_prune(),
     }
+
+
+@shared_task(name="workers.notification_send")
+def notification_send(notification_id: str) -> bool:
+    """Send one stage email, once: the service claims it first, so a duplicate does nothing."""
+    return notifications.notification_send(notification_id=UUID(notification_id))
+
+
+@shared_task(name="workers.notifications_sweep")
+def notifications_sweep() -> int:
+    return notifications.notifications_sweep()
 
 
 # --- webhooks ---------------------------------------------------------------------------------

@@ -185,23 +185,30 @@ def test_the_api_may_use_a_recent_fleet_shape_but_the_workflow_asks_the_database
 
 @pytest.mark.django_db(transaction=True)
 def test_a_mail_outage_delays_the_email_but_never_fails_the_delivery(tenant: Tenant) -> None:
+    from notifications.models import Notification
+    from notifications.services import notification_send
+
     make_fleet(1)
     delivery = services.delivery_create(
         business_id=tenant.business.id, request=request(recipient={"email": "ada@example.com"})
     )
     before = queue_length()
+    result = delivery_process.apply(kwargs={"delivery_id": str(delivery.id)}).get()
+    assert result == "done"
+    delivery.refresh_from_db()
+    assert delivery.status == "assigned"
+    assert queue_length() == before + 1  # the email's own task, published after commit
+    [email] = Notification.objects.filter(delivery=delivery)
     with override_settings(
         EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
         EMAIL_HOST="127.0.0.1",
         EMAIL_PORT=free_port(),
         EMAIL_USE_TLS=False,
     ):
-        result = delivery_process.apply(kwargs={"delivery_id": str(delivery.id)}).get()
-    assert result == "done"
-    delivery.refresh_from_db()
-    assert delivery.status == "assigned"
-    assert delivery.eta_notified_at is None
-    assert queue_length() == before + 1  # the email's own task, retried apart
+        assert notification_send(notification_id=email.id) is False
+    email.refresh_from_db()
+    assert email.status == "pending" and email.last_error  # for the sweep, later
+    assert Delivery.objects.get(pk=delivery.id).status == "assigned"
 
 
 @pytest.mark.django_db
@@ -236,17 +243,31 @@ def test_an_operator_retry_restarts_the_waiting_clock_and_keeps_the_creation_tim
 def test_a_retried_delivery_emails_its_new_eta(tenant: Tenant) -> None:
     from django.core import mail
 
+    from notifications.models import Notification
+    from notifications.services import notification_send
+
+    def send_emails() -> None:
+        for pending in Notification.objects.filter(status="pending"):
+            notification_send(notification_id=pending.id)
+
     make_fleet(1)
     delivery = services.delivery_create(
         business_id=tenant.business.id, request=request(recipient={"email": "ada@example.com"})
     )
     assert delivery_process.apply(kwargs={"delivery_id": str(delivery.id)}).get() == "done"
+    send_emails()
     assert len(mail.outbox) == 1
     services.delivery_fail(delivery_id=delivery.id, reason="the drone broke down")
 
     retried = services.delivery_retry(delivery_id=delivery.id)
-    assert retried.eta_notified_at is None and retried.failure_reason == ""
+    assert retried.failure_reason == ""
     kwargs = {"delivery_id": str(delivery.id), "attempt": retried.attempts}
     assert delivery_process.apply(kwargs=kwargs).get() == "done"
     assert Delivery.objects.get(pk=delivery.id).status == "assigned"
-    assert len(mail.outbox) == 2
+    send_emails()
+    send_emails()  # nothing more
+    assert [m.subject.split(" around")[0] for m in mail.outbox] == [
+        "Your drone delivery arrives",
+        "We could not complete your drone delivery",
+        "Your drone delivery arrives",
+    ]

@@ -19,6 +19,7 @@ from deliveries.models import Delivery, DeliveryEvent, OutboxMessage
 from drones.flight import delivery_schedule
 from drones.geo import Point, distance_km
 from drones.models import Drone
+from notifications.models import Notification
 from packages.selectors import package_get
 from portal.localservices import redis_server
 from tests.conftest import CENTER, MailSink, Tenant, delivery_body, make_fleet, worker_env
@@ -93,6 +94,7 @@ def test_a_delivery_is_assigned_by_a_worker_with_eta_and_email(
     wait_for(lambda: len(mailbox.messages) == 1, timeout=30, what="the ETA email")
     assert str(delivery_id).encode() in mailbox.messages[0]
     assert b"ada@example.com" in mailbox.messages[0]
+    assert delivery.tracking_token.encode() in mailbox.messages[0]
 
 
 def test_a_delivery_no_drone_can_carry_fails_with_the_reason(
@@ -157,11 +159,13 @@ def test_a_worker_killed_mid_workflow_still_completes_the_delivery_once(
     sink.started = 0
     sink.delay = 60.0  # the worker will be stuck in the email step, mid-workflow
     make_fleet(2)
-    # A short visibility timeout, so that the message the dead worker held returns quickly.
+    # A short visibility timeout, so that the message the dead worker held returns quickly,
+    # and a short claim on the email, so that the redelivered message may take it over.
     env = {
         **worker_env(process_env, port),
         "CELERY_VISIBILITY_TIMEOUT": "8",
         "CELERY_UNACKED_RESTORE_INTERVAL": "1",
+        "NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS": "5",
     }
     with celery_worker(env, log=tmp_path / "first.log", name="first") as first:
         response = post(live_server, tenant, delivery_body())
@@ -175,9 +179,9 @@ def test_a_worker_killed_mid_workflow_still_completes_the_delivery_once(
 
     with celery_worker(env, log=tmp_path / "second.log", name="second"):
         wait_for(
-            lambda: Delivery.objects.get(pk=delivery_id).eta_notified_at is not None,
+            lambda: Notification.objects.filter(delivery_id=delivery_id, status="sent").exists(),
             timeout=90,
-            what="the redelivered workflow finishing on the second worker",
+            what="the redelivered email sent by the second worker",
         )
     delivery = Delivery.objects.get(pk=delivery_id)
     assert delivery.status == "assigned"
@@ -185,6 +189,7 @@ def test_a_worker_killed_mid_workflow_still_completes_the_delivery_once(
     assert DeliveryEvent.objects.filter(delivery=delivery, status="assigned").count() == 1
     assert Drone.objects.filter(assigned_delivery_id=delivery.id).count() == 1
     assert len(sink.messages) == 1
+    assert Notification.objects.filter(delivery_id=delivery_id).count() == 1
 
 
 def test_requests_arriving_while_the_broker_is_down_are_processed_once_it_is_back(

@@ -1,0 +1,329 @@
+"""Stage emails: recorded with the stage change, claimed and sent by workers after commit.
+
+`notifications_record` runs in the transaction of the change (deliveries.announce): a change
+rolled back owes nothing. Each notification is then sent by its own task, published after
+commit, and by the sweep on beat for those whose task was lost or whose send failed. Sending
+first claims the row with a compare-and-swap (pending → sending), so that a redelivered or
+duplicated message never sends an email twice; a claim older than
+NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS (its worker died mid-send) may be taken again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import EmailMessage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from businesses.models import Business
+from deliveries.models import Delivery
+from notifications.models import Notification, Subscription
+
+logger = logging.getLogger(__name__)
+
+SEND_TASK = "workers.notification_send"
+UNSUBSCRIBE_SALT = "notifications.unsubscribe"
+
+Status = Delivery.Status
+Kind = Notification.Kind
+
+KIND_OF_STAGE: dict[str, str] = {
+    Status.ASSIGNED: Kind.ASSIGNED,
+    Status.EN_ROUTE_TO_DROPOFF: Kind.PICKED_UP,
+    Status.DELIVERED: Kind.DELIVERED,
+    Status.CANCELLED: Kind.CANCELLED,
+    Status.FAILED: Kind.FAILED,
+}
+
+# The failure reasons the workflow writes that a customer may read, by how they begin, in
+# customer words. Any other reason (an error, an operator's note) is never shown.
+CUSTOMER_REASONS: tuple[tuple[str, str], ...] = (
+    ("no drone became free in time", "no drone was free in time"),
+    ("no drone can deliver before the deadline", "no drone could deliver before the deadline"),
+    ("no route keeps clear of the no-fly zones", "no flight path keeps clear of no-fly zones"),
+    ("There are no drones in the fleet", "no drone was available"),
+    ("The package weighs", "the package is too heavy for our drones"),
+    ("The shortest trip", "the trip is beyond our drones' range"),
+)
+
+
+class SubscribeResult:
+    SUBSCRIBED = "subscribed"
+    FULL = "full"
+    FINISHED = "finished"
+
+
+def _normal(email: str) -> str:
+    return email.strip().lower()
+
+
+def _customer_email(delivery: Delivery) -> str:
+    if delivery.recipient_email:
+        return delivery.recipient_email
+    if Delivery.business.is_cached(delivery):
+        return delivery.business.email
+    return Business.objects.filter(pk=delivery.business_id).values_list("email", flat=True).get()
+
+
+def notifications_record(delivery: Delivery, *, previous: str) -> list[UUID]:
+    """In the stage change's transaction: the emails owed by `delivery`'s new stage, one per
+    active subscription (the customer's is made at the first change), published after commit.
+    Returns their ids."""
+    kind = KIND_OF_STAGE.get(delivery.status)
+    if kind is None or previous == delivery.status:
+        return []
+    customer = _customer_email(delivery)
+    if customer:
+        # ignore_conflicts: a customer who unsubscribed stays unsubscribed.
+        Subscription.objects.bulk_create(
+            [
+                Subscription(
+                    delivery=delivery, email=_normal(customer), source=Subscription.Source.CUSTOMER
+                )
+            ],
+            ignore_conflicts=True,
+        )
+    now = timezone.now()
+    rows = [
+        Notification(
+            delivery=delivery,
+            subscription_id=subscription_id,
+            kind=kind,
+            email=email,
+            version=delivery.version,
+            next_attempt_at=now,
+        )
+        for subscription_id, email in Subscription.objects.filter(
+            delivery=delivery, active=True
+        ).values_list("id", "email")
+    ]
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
+    ids = [row.id for row in rows]
+    if ids:
+        # robust: the change is committed whatever the broker says; the sweep sends what was
+        # not published.
+        transaction.on_commit(lambda: _publish(ids), robust=True)
+    return ids
+
+
+def _publish(ids: list[UUID]) -> None:
+    from portal import broker
+
+    for notification_id in ids:
+        try:
+            broker.send_task(SEND_TASK, {"notification_id": str(notification_id)})
+        except Exception as exc:  # noqa: BLE001 - the sweep sends it
+            logger.warning(
+                "notification %s not published, the sweep sends it: %s", notification_id, exc
+            )
+            return
+
+
+def _claim(notification_id: UUID, now: datetime) -> bool:
+    stale = now - timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS)
+    due = Q(status=Notification.Status.PENDING, next_attempt_at__lte=now) | Q(
+        status=Notification.Status.SENDING, claimed_at__lt=stale
+    )
+    return bool(
+        Notification.objects.filter(due, pk=notification_id).update(
+            status=Notification.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
+        )
+    )
+
+
+def notification_send(*, notification_id: UUID) -> bool:
+    """Claim and send one notification; True when this call sent it. A send that fails leaves
+    it pending for a later attempt (with backoff), failed after NOTIFICATIONS_MAX_ATTEMPTS."""
+    now = timezone.now()
+    if not _claim(notification_id, now):
+        return False  # sent, being sent, not yet due again, or gone
+    mine = Notification.objects.filter(
+        pk=notification_id, status=Notification.Status.SENDING, claimed_at=now
+    )
+    notification = Notification.objects.select_related(
+        "subscription", "delivery", "delivery__business", "delivery__drone"
+    ).get(pk=notification_id)
+    if not notification.subscription.active:
+        mine.update(status=Notification.Status.SKIPPED)
+        return False
+    try:
+        email_for(notification).send()
+    except Exception as exc:  # noqa: BLE001 - the mail server's trouble; tried again later
+        attempts = notification.attempts
+        gave_up = attempts >= settings.NOTIFICATIONS_MAX_ATTEMPTS
+        delay = min(
+            settings.NOTIFICATIONS_RETRY_MAX_SECONDS,
+            settings.NOTIFICATIONS_RETRY_BASE_SECONDS * 2 ** min(attempts - 1, 12),
+        )
+        mine.update(
+            status=Notification.Status.FAILED if gave_up else Notification.Status.PENDING,
+            claimed_at=None,
+            next_attempt_at=timezone.now() + timedelta(seconds=delay),
+            last_error=f"{type(exc).__name__}: {exc}"[:300],
+        )
+        logger.warning("notification %s not sent (attempt %s): %s", notification_id, attempts, exc)
+        return False
+    # Marked after sending: a worker dying in between sends it again (after the claim times
+    # out) rather than never.
+    mine.update(status=Notification.Status.SENT, sent_at=timezone.now())
+    return True
+
+
+def notifications_sweep(*, batch: int = 200) -> int:
+    """Send the notifications that are due: their task was lost, their worker died mid-send
+    (the claim timed out) or their last attempt failed. Stops at the first failure: the mail
+    server is down, try again next round. Returns how many were sent."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS)
+    # A grace for the just-recorded, whose own task is about to send them.
+    grace = now - timedelta(seconds=settings.NOTIFICATIONS_SWEEP_GRACE_SECONDS)
+    due = list(
+        Notification.objects.filter(
+            Q(status=Notification.Status.PENDING, next_attempt_at__lte=grace)
+            | Q(status=Notification.Status.SENDING, claimed_at__lt=stale)
+        )
+        .order_by("next_attempt_at")
+        .values_list("id", "status")[:batch]
+    )
+    sent = 0
+    for notification_id, _ in due:
+        if notification_send(notification_id=notification_id):
+            sent += 1
+        elif Notification.objects.filter(
+            pk=notification_id, status=Notification.Status.PENDING, last_error__gt=""
+        ).exists():
+            break
+    return sent
+
+
+# --- the emails -------------------------------------------------------------------------------
+
+
+def tracking_url(delivery: Delivery) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/track/{delivery.tracking_token}"
+
+
+def unsubscribe_url(subscription: Subscription) -> str:
+    signed = signing.Signer(salt=UNSUBSCRIBE_SALT).sign(subscription.token)
+    return f"{settings.PUBLIC_BASE_URL}/notifications/unsubscribe/{signed}"
+
+
+def customer_reason(failure_reason: str) -> str | None:
+    """The customer words for a failure reason of ours, None for anything else."""
+    for start, words in CUSTOMER_REASONS:
+        if failure_reason.startswith(start):
+            return words
+    return None
+
+
+def _at(moment: datetime | None) -> str:
+    return f"{moment:%H:%M} UTC" if moment else "soon"
+
+
+def email_for(notification: Notification) -> EmailMessage:
+    """The email of `notification`, from its delivery as it is now."""
+    delivery = notification.delivery
+    subscription = notification.subscription
+    customer = subscription.source == Subscription.Source.CUSTOMER
+    # Someone who only has the tracking link is not told the recipient's name.
+    name = (delivery.recipient_name or delivery.business.name) if customer else ""
+    lines = [f"Hello {name}," if name else "Hello,", ""]
+    kind = notification.kind
+    if kind == Kind.ASSIGNED:
+        serial = delivery.drone.serial if delivery.drone else ""
+        subject = f"Your drone delivery arrives around {_at(delivery.dropoff_eta)}"
+        lines += [
+            f"Drone {serial} is assigned to delivery {delivery.id}.".replace("  ", " "),
+            f"Pickup around {_at(delivery.pickup_eta)}, "
+            f"dropoff around {_at(delivery.dropoff_eta)}.",
+        ]
+    elif kind == Kind.PICKED_UP:
+        subject = "Your package is on its way"
+        lines += [
+            f"The drone has picked up the package of delivery {delivery.id}.",
+            f"It should arrive around {_at(delivery.dropoff_eta)}.",
+        ]
+    elif kind == Kind.DELIVERED:
+        subject = "Your package was delivered"
+        lines += [f"The package of delivery {delivery.id} was delivered."]
+    elif kind == Kind.CANCELLED:
+        subject = "Your drone delivery was cancelled"
+        lines += [f"Delivery {delivery.id} was cancelled; the package will not be delivered."]
+    else:
+        subject = "We could not complete your drone delivery"
+        reason = customer_reason(delivery.failure_reason)
+        lines += [
+            f"We could not complete delivery {delivery.id}" + (f": {reason}." if reason else ".")
+        ]
+    lines += [
+        "",
+        f"Follow it here: {tracking_url(delivery)}",
+        "",
+        "--",
+        "You get this email about this one delivery from Fabrikam Drone Delivery.",
+        f"Stop these emails: {unsubscribe_url(subscription)}",
+    ]
+    return EmailMessage(
+        subject=subject,
+        body="\n".join(lines) + "\n",
+        from_email=None,
+        to=[notification.email],
+        headers={
+            # RFC 8058 one-click unsubscribe: mail clients POST to the link.
+            "List-Unsubscribe": f"<{unsubscribe_url(subscription)}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+    )
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+
+def subscription_create(*, delivery: Delivery, email: str) -> str:
+    """Someone with the tracking link asks for the delivery's stage emails ("Notify me").
+
+    At most NOTIFY_ME_MAX_PER_DELIVERY addresses per delivery. Returns a SubscribeResult; an
+    address already subscribed answers the same, so the answer tells nothing about who else
+    is."""
+    if delivery.status in (Status.DELIVERED, Status.CANCELLED, Status.FAILED):
+        return SubscribeResult.FINISHED
+    with transaction.atomic():
+        # Serialises the count and the insert of concurrent requests for this delivery.
+        Delivery.objects.select_for_update().filter(pk=delivery.pk).values_list("pk").get()
+        subscriptions = Subscription.objects.filter(delivery=delivery)
+        # Asked again after unsubscribing: subscribed again.
+        if subscriptions.filter(email=_normal(email)).update(active=True, unsubscribed_at=None):
+            return SubscribeResult.SUBSCRIBED
+        added = subscriptions.filter(source=Subscription.Source.NOTIFY_ME).count()
+        if added >= settings.NOTIFY_ME_MAX_PER_DELIVERY:
+            return SubscribeResult.FULL
+        Subscription.objects.create(
+            delivery=delivery, email=_normal(email), source=Subscription.Source.NOTIFY_ME
+        )
+    return SubscribeResult.SUBSCRIBED
+
+
+def subscription_by_signed_token(signed: str) -> Subscription | None:
+    try:
+        token = signing.Signer(salt=UNSUBSCRIBE_SALT).unsign(signed)
+    except signing.BadSignature:
+        return None
+    return Subscription.objects.filter(token=token).first()
+
+
+def subscription_unsubscribe(*, subscription: Subscription) -> None:
+    """No more emails to this address about this delivery, including those not yet sent."""
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk, active=True).update(
+            active=False, unsubscribed_at=timezone.now()
+        )
+        Notification.objects.filter(
+            subscription=subscription, status=Notification.Status.PENDING
+        ).update(status=Notification.Status.SKIPPED)
+    subscription.active = False
