@@ -3,10 +3,12 @@ process flying every drone through the telemetry API, sped up."""
 
 from __future__ import annotations
 
+import email
 import math
 import random
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -82,7 +84,7 @@ def flying_env(process_env: dict[str, str], mail_server: tuple[MailSink, int]) -
 
 def test_sixty_deliveries_for_twenty_drones_are_all_delivered_and_drones_come_home(
     live_server: Any, transactional_db: None, tenant: Tenant, flying_env: dict[str, str],
-    tmp_path: Path,
+    tmp_path: Path, mailbox: MailSink,
 ) -> None:  # fmt: skip
     speedup = 60
     env = {**flying_env, "FLEET_SIM_SPEEDUP": str(speedup)}
@@ -108,6 +110,8 @@ def test_sixty_deliveries_for_twenty_drones_are_all_delivered_and_drones_come_ho
             return not Drone.objects.exclude(state__in=["idle", "charging"]).exists()
 
         wait_for(home, timeout=60, what="every drone back at its base")
+        # The business (the deliveries name no recipient) hears of each stage that it emails.
+        wait_for(lambda: len(mailbox.messages) >= 3 * len(ids), timeout=60, what="the stage emails")
 
     for delivery_id in ids:
         events = DeliveryEvent.objects.filter(delivery_id=delivery_id).order_by("at", "id")
@@ -117,6 +121,23 @@ def test_sixty_deliveries_for_twenty_drones_are_all_delivered_and_drones_come_ho
     assert len(set(per_drone)) <= 20
     assert max(list(per_drone).count(d) for d in set(per_drone)) >= 3
     assert not Drone.objects.filter(assigned_delivery_id__isnull=False).exists()
+
+    # Each delivery's emails arrived once: assigned, picked up, delivered.
+    emails = [email.message_from_bytes(raw) for raw in mailbox.messages]
+    assert {m["To"] for m in emails} == {"ops@contoso.example"}
+    sent = Counter(
+        (next(i for i in ids if i in str(m.get_payload())), m["Subject"].split(" around")[0])
+        for m in emails
+    )
+    assert sent == Counter(
+        (i, subject)
+        for i in ids
+        for subject in (
+            "Your drone delivery arrives",
+            "Your package is on its way",
+            "Your package was delivered",
+        )
+    )
 
 
 def test_the_dropoff_eta_holds_within_ten_percent_from_takeoff_to_arrival(
