@@ -189,10 +189,10 @@ def notifications_sweep(*, batch: int = 200) -> int:
             | Q(status=Notification.Status.SENDING, claimed_at__lt=stale)
         )
         .order_by("next_attempt_at")
-        .values_list("id", "status")[:batch]
+        .values_list("id", flat=True)[:batch]
     )
     sent = 0
-    for notification_id, _ in due:
+    for notification_id in due:
         if notification_send(notification_id=notification_id):
             sent += 1
         elif Notification.objects.filter(
@@ -200,6 +200,19 @@ def notifications_sweep(*, batch: int = 200) -> int:
         ).exists():
             break
     return sent
+
+
+def notifications_prune(*, older_than: timedelta = timedelta(days=30)) -> int:
+    """Forget the emails done with (sent, skipped or given up) longer ago than `older_than`."""
+    deleted, _ = Notification.objects.filter(
+        status__in=[
+            Notification.Status.SENT,
+            Notification.Status.SKIPPED,
+            Notification.Status.FAILED,
+        ],
+        created_at__lt=timezone.now() - older_than,
+    ).delete()
+    return deleted
 
 
 # --- the emails -------------------------------------------------------------------------------

@@ -488,3 +488,7 @@ CELERY_BEAT_SCHEDULE["notifications-sweep"] = {
     "task": "workers.notifications_sweep",
     "schedule": 30.0,
 }
+CELERY_BEAT_SCHEDULE["notifications-housekeeping"] = {
+    "task": "workers.notifications_housekeeping",
+    "schedule": 3600.0,
+}

@@ -125,6 +125,11 @@ def notifications_sweep() -> int:
     return notifications.notifications_sweep()
 
 
+@shared_task(name="workers.notifications_housekeeping")
+def notifications_housekeeping() -> int:
+    return notifications.notifications_prune()
+
+
 # --- webhooks ---------------------------------------------------------------------------------
 
 

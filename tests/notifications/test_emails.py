@@ -17,7 +17,7 @@ from deliveries.models import Delivery
 from deliveries.services import delivery_assign, delivery_cancel, delivery_fail
 from drones.models import Drone
 from notifications.models import Notification
-from notifications.services import notification_send, notifications_sweep
+from notifications.services import notification_send, notifications_prune, notifications_sweep
 from portal.localservices import free_port
 from tests.conftest import MailSink, Tenant, delivery_body
 
@@ -194,3 +194,51 @@ def test_a_stage_change_rolled_back_owes_no_email(tenant: Tenant, fleet: list[Dr
         delivery_fail(delivery_id=delivery.id, reason="no drone became free in time")
         raise RuntimeError
     assert not Notification.objects.exists()
+
+
+def test_an_email_whose_task_was_lost_is_sent_by_the_sweep(
+    tenant: Tenant, fleet: list[Drone], smtp: MailSink, settings: Any
+) -> None:
+    delivery = assigned(tenant, fleet)  # its task was never run
+    assert notifications_sweep() == 0  # within the grace left to the task
+    settings.NOTIFICATIONS_SWEEP_GRACE_SECONDS = 0
+    assert notifications_sweep() == 1
+    assert notifications_sweep() == 0
+    [message] = emails(smtp)
+    assert str(delivery.id) in body(message)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_sending_the_same_email_at_once_send_it_once(
+    tenant: Tenant, fleet: list[Drone], smtp: MailSink
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    delivery = assigned(tenant, fleet)
+    [notification] = Notification.objects.filter(delivery=delivery)
+    smtp.delay = 0.3  # both are in flight together
+
+    def send(_: int) -> bool:
+        try:
+            return notification_send(notification_id=notification.id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, range(8)))
+    assert results.count(True) == 1
+    assert len(smtp.messages) == 1
+
+
+def test_emails_done_with_are_pruned_after_a_while(
+    tenant: Tenant, fleet: list[Drone], smtp: MailSink
+) -> None:
+    delivery = assigned(tenant, fleet)
+    send_due()
+    move(delivery, "en_route_to_pickup", "at_pickup", "en_route_to_dropoff")  # left pending
+    assert notifications_prune() == 0
+    Notification.objects.update(created_at=timezone.now() - timedelta(days=31))
+    assert notifications_prune() == 1
+    assert list(Notification.objects.values_list("kind", flat=True)) == ["picked_up"]
