@@ -25,6 +25,8 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
    against none, alternating rounds.
 8. Route planning among 500 zones: bench/airspace.py, p99 of a clear straight line and of a
    detour.
+9. Webhook fan-out: bench/webhooks.py, events delivered per second to a local TLS receiver, and
+   `POST /api/v1/deliveries` p99 meanwhile against without.
 
 The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
 worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
@@ -970,6 +972,7 @@ def main() -> int:
             "tracking",
             "airspace",
             "zones",
+            "webhooks",
         ],
         action="append",
     )
@@ -1069,6 +1072,9 @@ def main() -> int:
         if "airspace" not in skip:
             command = [python, str(BASE_DIR / "bench" / "airspace.py"), "--zones", "500"]
             subs.append(sub_bench(8, "route planning among 500 zones", command, original))
+        if "webhooks" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "webhooks.py")]
+            subs.append(sub_bench(9, "webhook fan-out", command, original))
     except (KeyboardInterrupt, Stop):
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
