@@ -24,6 +24,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from deliveries.models import Delivery
+from deliveries.reasons import customer_reason
 
 logger = logging.getLogger(__name__)
 TTL_SECONDS = 7 * 24 * 3600
@@ -94,7 +95,11 @@ def status_of(
         "pickup_eta": _iso(delivery.pickup_eta),
         "dropoff_eta": _iso(delivery.dropoff_eta),
         "updated_at": _iso(delivery.updated_at),
-        "failure_reason": delivery.failure_reason or None,
+        # Customers follow this (the public tracking page and feed): the workflow's reasons in
+        # their words, never an operator's note or an error.
+        "failure_reason": customer_reason(delivery.failure_reason)
+        if delivery.failure_reason
+        else None,
     }
 
 

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from businesses.models import Business
 from deliveries.models import Delivery
+from deliveries.reasons import customer_reason
 from notifications.models import Notification, Subscription
 
 logger = logging.getLogger(__name__)
@@ -40,17 +41,6 @@ KIND_OF_STAGE: dict[str, str] = {
     Status.CANCELLED: Kind.CANCELLED,
     Status.FAILED: Kind.FAILED,
 }
-
-# The failure reasons the workflow writes that a customer may read, by how they begin, in
-# customer words. Any other reason (an error, an operator's note) is never shown.
-CUSTOMER_REASONS: tuple[tuple[str, str], ...] = (
-    ("no drone became free in time", "no drone was free in time"),
-    ("no drone can deliver before the deadline", "no drone could deliver before the deadline"),
-    ("no route keeps clear of the no-fly zones", "no flight path keeps clear of no-fly zones"),
-    ("There are no drones in the fleet", "no drone was available"),
-    ("The package weighs", "the package is too heavy for our drones"),
-    ("The shortest trip", "the trip is beyond our drones' range"),
-)
 
 
 class SubscribeResult:
@@ -225,14 +215,6 @@ def tracking_url(delivery: Delivery) -> str:
 def unsubscribe_url(subscription: Subscription) -> str:
     signed = signing.Signer(salt=UNSUBSCRIBE_SALT).sign(subscription.token)
     return f"{settings.PUBLIC_BASE_URL}/notifications/unsubscribe/{signed}"
-
-
-def customer_reason(failure_reason: str) -> str | None:
-    """The customer words for a failure reason of ours, None for anything else."""
-    for start, words in CUSTOMER_REASONS:
-        if failure_reason.startswith(start):
-            return words
-    return None
 
 
 def _at(moment: datetime | None) -> str:

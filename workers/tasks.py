@@ -45,7 +45,8 @@ def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
             logger.exception("delivery %s: workflow gave up", delivery_id)
             services.delivery_fail(
                 delivery_id=UUID(delivery_id),
-                reason=f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}: {exc}",
+                # The error itself goes to the log above, not to the business or its customers.
+                reason=f"gave up after {MAX_RETRIES} retries: a service it needs kept failing",
             )
             return "failed"
         countdown = min(300, 2 ** (self.request.retries + 1))

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from django.test import Client
 from django_redis import get_redis_connection
 
 from deliveries import live
@@ -116,3 +117,29 @@ def test_a_newer_live_status_is_published_and_an_older_one_is_not(tenant: Tenant
     assert message is not None and json.loads(message["data"]) == newer
     assert pubsub.get_message(timeout=0.3) is None
     pubsub.close()
+
+
+def test_the_public_status_shows_only_our_failure_reasons_and_in_customer_words(
+    tenant: Tenant, django_capture_on_commit_callbacks: Any
+) -> None:
+    internal = a_delivery(tenant, Status.ASSIGNED)
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_move(
+            internal,
+            Status.FAILED,
+            changes={"failure_reason": "OperationalError: connection to 10.0.0.4 refused"},
+        )
+    ours = a_delivery(tenant, Status.REQUESTED)
+    with django_capture_on_commit_callbacks(execute=True):
+        delivery_move(
+            ours, Status.FAILED, changes={"failure_reason": "no drone became free in time"}
+        )
+
+    assert live.status_read(internal.pk)["failure_reason"] is None  # type: ignore[index]
+    page = Client().get(f"/track/{internal.tracking_token}").content.decode()
+    assert "10.0.0.4" not in page and "OperationalError" not in page
+    assert live.status_read(ours.pk)["failure_reason"] == "no drone was free in time"  # type: ignore[index]
+    assert (
+        "no drone was free in time"
+        in Client().get(f"/track/{ours.tracking_token}").content.decode()
+    )
