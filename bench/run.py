@@ -185,15 +185,65 @@ def grouper(urls: dict[str, str], **roots: int) -> Any:
 # --- the database -----------------------------------------------------------------------------
 
 
-def database_url(environ: dict[str, str]) -> str:
+def database_url(environ: dict[str, str], sqlite_file: Path = SQLITE_FILE) -> str:
+    """DATABASE_URL (its database created when missing), else a new SQLite file of the bench's."""
     url = environ.get("DATABASE_URL", "")
     if url:
         if url.startswith(("postgres://", "postgresql://")):
             ensure_postgres_database(url)
         return url
-    for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
+    for leftover in WORK_DIR.glob(sqlite_file.name + "*"):
         leftover.unlink()
-    return f"sqlite:///{SQLITE_FILE}"
+    return f"sqlite:///{sqlite_file}"
+
+
+def bench_environ(
+    original: dict[str, str], *, sqlite_file: Path = SQLITE_FILE, **extra: str
+) -> dict[str, str]:
+    """The environment of a bench and of everything it starts: production code paths (DEBUG
+    off), always its own Redis and MongoDB-protocol server (never those of `make run`: a bench
+    purges its broker queue), the database of DATABASE_URL or a throwaway SQLite file."""
+    env = {
+        key: value
+        for key, value in original.items()
+        if key not in ("REDIS_URL", "MONGODB_URI", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update(
+        {
+            "DEBUG": "false",  # production code paths: no query log, no debug pages
+            "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "SECURE_SSL_REDIRECT": "false",
+            "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
+            "API_RATE_LIMIT": "10000000/second",  # the throttle runs, never refuses
+            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    env["DATABASE_URL"] = database_url(original, sqlite_file)
+    return env
+
+
+@contextlib.contextmanager
+def django_for_bench(env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]]:
+    """The local services started (their URLs added to `env`), Django set up in this process
+    on them and the database migrated; yields the services' URLs and the database's name."""
+    with local_services(env) as urls:
+        env.update(urls)
+        os.environ.clear()
+        os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
+        print(f"database: {vendor}; services: {urls}", flush=True)
+        call_command("migrate", verbosity=0)
+        yield urls, vendor
 
 
 def ensure_postgres_database(url: str) -> None:
@@ -984,47 +1034,18 @@ def main() -> int:
         (WORK_DIR / log).unlink(missing_ok=True)
 
     original = dict(os.environ)
-    env = {
-        key: value
-        for key, value in original.items()
-        # Always private servers: the bench purges its broker queue.
-        if key not in ("REDIS_URL", "MONGODB_URI", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        {
-            "DEBUG": "false",  # production code paths: no query log, no debug pages
-            "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SECURE_SSL_REDIRECT": "false",
-            "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
-            "API_RATE_LIMIT": "10000000/second",  # the throttle runs, never refuses
-            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env["DATABASE_URL"] = database_url(original)
+    env = bench_environ(original)
     ingest = e2e = choice = tele = zones = None
     subs: list[Sub] = []
     vendor = "?"
     try:
-        with local_services(env) as urls:
-            env.update(urls)
-            os.environ.clear()
-            os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
-            import django
-
-            django.setup()
-            from django.core.management import call_command
+        with django_for_bench(env) as (urls, vendor):
             from django.db import connection
 
             from businesses.services import business_create
             from drones.geo import Point
             from drones.services import fleet_seed
 
-            vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
-            print(f"database: {vendor}; services: {urls}", flush=True)
-            call_command("migrate", verbosity=0)
             made = Made([], [], [])
             try:
                 api, key = business_create(name="Bench API client")

@@ -54,9 +54,10 @@ from bench.run import (  # noqa: E402
     WORK_DIR,
     Made,
     Stop,
+    bench_environ,
     cleanup,
     delivery_bodies,
-    ensure_postgres_database,
+    django_for_bench,
     grouper,
     machine_load,
     on_sigterm,
@@ -64,7 +65,7 @@ from bench.run import (  # noqa: E402
     procfile_command,
     wait_http,
 )
-from portal.localservices import free_port, local_services  # noqa: E402
+from portal.localservices import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 TARGET_BEHIND_S = 2.0
@@ -73,17 +74,6 @@ SAMPLE_EVERY_S = 0.25
 PUBLISH_SLOTS = 20  # the second is cut in 20 slots; each delivery is written in one of them
 # Not bench/run.py's file: the two benches may run side by side.
 SQLITE_FILE = WORK_DIR / "tracking.sqlite3"
-
-
-def database_url(environ: dict[str, str]) -> str:
-    url = environ.get("DATABASE_URL", "")
-    if url:
-        if url.startswith(("postgres://", "postgresql://")):
-            ensure_postgres_database(url)
-        return url
-    for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
-        leftover.unlink()
-    return f"sqlite:///{SQLITE_FILE}"
 
 
 # --- the trackers (a process of their own) ----------------------------------------------------
@@ -528,38 +518,13 @@ def main() -> int:
         (WORK_DIR / log).unlink(missing_ok=True)
 
     original = dict(os.environ)
-    env = {
-        key: value
-        for key, value in original.items()
-        if key not in ("REDIS_URL", "MONGODB_URI", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        {
-            "DEBUG": "false",
-            "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SECURE_SSL_REDIRECT": "false",
-            "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
-            "API_RATE_LIMIT": "10000000/second",
-            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env["DATABASE_URL"] = database_url(original)
+    env = bench_environ(original, sqlite_file=SQLITE_FILE)
     baseline: dict[str, float] = {}
     sse: dict[str, float] = {}
     poll: dict[str, float] = {}
     vendor = "?"
     try:
-        with local_services(env) as urls:
-            env.update(urls)
-            os.environ.clear()
-            os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
-            import django
-
-            django.setup()
-            from django.core.management import call_command
+        with django_for_bench(env) as (urls, vendor):
             from django.db import connection
 
             from businesses.services import business_create
@@ -567,9 +532,6 @@ def main() -> int:
             from drones.geo import Point
             from drones.services import fleet_seed
 
-            vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
-            print(f"database: {vendor}; services: {urls}", flush=True)
-            call_command("migrate", verbosity=0)
             made = Made([], [], [])
             try:
                 business, key = business_create(name="Bench tracking")

@@ -56,9 +56,10 @@ from bench.run import (  # noqa: E402
     WORK_DIR,
     Made,
     Stop,
+    bench_environ,
     cleanup,
     delivery_bodies,
-    ensure_postgres_database,
+    django_for_bench,
     grouper,
     machine_load,
     on_sigterm,
@@ -66,7 +67,7 @@ from bench.run import (  # noqa: E402
     procfile_command,
     wait_http,
 )
-from portal.localservices import free_port, local_services  # noqa: E402
+from portal.localservices import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 SQLITE_FILE = WORK_DIR / "webhooks.sqlite3"  # not run.py's: benches may run side by side
@@ -75,17 +76,6 @@ KEY_FILE = WORK_DIR / "webhooks-receiver-key.pem"
 VERIFY_EVERY = 20  # verify one request's signature in this many (and each endpoint's first)
 NOISE_MS = 5.0
 NOISE_FRACTION = 0.25
-
-
-def database_url(environ: dict[str, str]) -> str:
-    url = environ.get("DATABASE_URL", "")
-    if url:
-        if url.startswith(("postgres://", "postgresql://")):
-            ensure_postgres_database(url)
-        return url
-    for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
-        leftover.unlink()
-    return f"sqlite:///{SQLITE_FILE}"
 
 
 def certificate_make() -> None:
@@ -285,42 +275,20 @@ def main() -> int:
     certificate_make()
 
     original = dict(os.environ)
-    env = {
-        key: value
-        for key, value in original.items()
-        if key not in ("REDIS_URL", "MONGODB_URI", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        {
-            "DEBUG": "false",
-            "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SECURE_SSL_REDIRECT": "false",
-            "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
-            "API_RATE_LIMIT": "10000000/second",
-            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
-            "PYTHONUNBUFFERED": "1",
-            "WEBHOOK_ALLOW_PRIVATE": "true",
-            # The receiver's self-signed certificate is the only one these processes trust.
-            "SSL_CERT_FILE": str(CERT_FILE),
-        }
+    env = bench_environ(
+        original,
+        sqlite_file=SQLITE_FILE,
+        WEBHOOK_ALLOW_PRIVATE="true",
+        # The receiver's self-signed certificate is the only one these processes trust.
+        SSL_CERT_FILE=str(CERT_FILE),
     )
-    env["DATABASE_URL"] = database_url(original)
     rows: list[tuple[str, str, str, str]] = []
     vendor = "?"
     context = multiprocessing.get_context("spawn")
     receiver: Any = None
     stop_receiver = context.Event()
     try:
-        with local_services(env) as urls:
-            env.update(urls)
-            os.environ.clear()
-            os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
-            import django
-
-            django.setup()
-            from django.core.management import call_command
+        with django_for_bench(env) as (urls, vendor):
             from django.db import connection
 
             from businesses.services import business_create
@@ -330,9 +298,6 @@ def main() -> int:
             from webhooks.models import WebhookMessage
             from webhooks.services import STAGE_EVENTS, webhook_endpoint_create
 
-            vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
-            print(f"database: {vendor}; services: {urls}", flush=True)
-            call_command("migrate", verbosity=0)
             made = Made([], [], [])
             try:
                 business, _ = business_create(name="Bench webhooks")
