@@ -21,11 +21,12 @@ REQUEST_LAYERS = [
     ("input serializer", "portal/api.py", "validated"),
     ("delivery_create", "deliveries/services.py", "delivery_create"),
     (
-        "  of which feasibility check (fleet shape)",
+        "  of which the checks (fleet shape, no-fly zones)",
         "deliveries/services.py",
         "delivery_request_check",
     ),
-    ("  of which the inserts (delivery, event)", "portal/db.py", "insert"),
+    ("  of which preparing the rows", "portal/db.py", "prepare_insert"),
+    ("  of which the inserts (delivery, event)", "portal/db.py", "execute"),
     ("  of which publish after commit", "deliveries/services.py", "outbox_publish"),
     ("    of which Celery send_task", "celery/app/base.py", "send_task"),
     ("output document", "deliveries/api.py", "delivery_document"),
@@ -33,9 +34,9 @@ REQUEST_LAYERS = [
 WORKFLOW_LAYERS = [
     ("package document (MongoDB upsert)", "packages/services.py", "package_upsert"),
     ("delivery_assign", "deliveries/services.py", "delivery_assign"),
-    ("  of which drone_reserve", "drones/services.py", "drone_reserve"),
-    ("    of which the search", "drones/selectors.py", "drone_plan_best"),
-    ("    of which claim + delivery update + event", "drones/services.py", "book"),
+    ("  of which the search", "drones/selectors.py", "drone_plan_best"),
+    ("  of which the claim", "drones/services.py", "drone_claim"),
+    ("  of which the status change + event", "deliveries/lifecycle.py", "delivery_move"),
     ("  of which live status (Redis)", "deliveries/live.py", "status_write"),
     ("  of which stage emails recorded", "notifications/services.py", "notifications_record"),
 ]

@@ -76,12 +76,15 @@ def router_for(start: datetime | None, end: datetime | None = None) -> Router:
     """A router for flights from `start` (None: now) to `end` (default an hour later)."""
     from airspace.selectors import airspace_get
 
+    airspace = airspace_get()
+    if not airspace.zones:
+        return STRAIGHT  # no zone anywhere: every route is the straight line
     if start is not None and end is None:
         try:
             end = start + PLAN_WINDOW
         except OverflowError:  # a time at the end of the calendar: the caller refuses it
             end = None
-    return Router(airspace_get(), start=start, end=end)
+    return Router(airspace, start=start, end=end)
 
 
 STRAIGHT = Router(None, start=None, end=None)
