@@ -105,20 +105,13 @@ def delivery_move(
     drone_id = delivery.drone_id
     release = drone_id is not None and (to in FINISHED or to == Status.REQUESTED)
     if to == Status.REQUESTED:
-        # Whatever belonged to the last assignment is forgotten: its drone, its ETAs and the
-        # email about them, a failure.
+        # Whatever belonged to the last assignment is forgotten: its drone, its ETAs, a failure.
         fields.update(
-            drone_id=None,
-            pickup_eta=None,
-            dropoff_eta=None,
-            eta_notified_at=None,
-            failure_reason="",
-            attention="",
+            drone_id=None, pickup_eta=None, dropoff_eta=None, failure_reason="", attention=""
         )
     if to in FINISHED:
         fields["book_at"] = None
     fields.update(changes or {})
-    lat, lon, alt = position if position else (None, None, None)
     with transaction.atomic():
         swapped = Delivery.objects.filter(
             pk=delivery.pk, status=delivery.status, version=delivery.version
@@ -127,17 +120,7 @@ def delivery_move(
             raise StaleDelivery(f"delivery {delivery.pk} changed meanwhile; read it again")
         if release and drone_id is not None:
             drone_release(drone_id=drone_id, delivery_id=delivery.pk)
-        insert(
-            DeliveryEvent(
-                delivery=delivery,
-                status=to,
-                at=at or now,
-                lat=lat,
-                lon=lon,
-                alt_m=alt,
-                note=note[:300],
-            )
-        )
+        _event(delivery, to, at=at or now, position=position, note=note)
         previous = delivery.status
         for name, value in fields.items():
             setattr(delivery, name, value)
@@ -158,18 +141,12 @@ def delivery_flag(
     says what happened. Not a change of stage."""
     with transaction.atomic():
         Delivery.objects.filter(pk=delivery.pk).update(attention=attention[:200])
-        lat, lon, alt = position if position else (None, None, None)
-        note = attention or "back to normal"
-        insert(
-            DeliveryEvent(
-                delivery=delivery,
-                status=delivery.status,
-                at=at or timezone.now(),
-                lat=lat,
-                lon=lon,
-                alt_m=alt,
-                note=note[:300],
-            )
+        _event(
+            delivery,
+            delivery.status,
+            at=at or timezone.now(),
+            position=position,
+            note=attention or "back to normal",
         )
     delivery.attention = attention[:200]
 
@@ -189,11 +166,19 @@ def delivery_reroute(
         )
         if not changed:
             return False
-        insert(
-            DeliveryEvent(
-                delivery=delivery, status=delivery.status, at=timezone.now(), note=note[:300]
-            )
-        )
+        _event(delivery, delivery.status, at=timezone.now(), note=note)
     delivery.route, delivery.route_version = route, delivery.route_version + 1
     delivery.attention = attention[:200]
     return True
+
+
+def _event(
+    delivery: Delivery, status: str, *, at: datetime, note: str, position: Position | None = None
+) -> None:
+    """What happened to the delivery, when and where its drone was."""
+    lat, lon, alt = position if position else (None, None, None)
+    insert(
+        DeliveryEvent(
+            delivery=delivery, status=status, at=at, lat=lat, lon=lon, alt_m=alt, note=note[:300]
+        )
+    )

@@ -96,7 +96,6 @@ class Delivery(models.Model):
     # Something operators must look at (the drone lost contact, or was grounded with the
     # package aboard); empty when all is well.
     attention = models.CharField(max_length=200, blank=True)
-    eta_notified_at = models.DateTimeField(null=True, blank=True)
 
     tracking_token = models.CharField(max_length=64, unique=True, default=tracking_token)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -209,7 +209,8 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
             applied = report
             outcome.results.append(ItemResult(index, drone.serial, "accepted"))
             if delivery is not None and delivery.status in WITH_DRONE:
-                _estimate(delivery, drone, report, last)
+                if delivery.status != stage:
+                    _estimate(delivery, drone, report, last)  # from the new stage on
                 live_writes.append(
                     (delivery.pk, delivery.version, report.time, _live_doc(delivery, report))
                 )

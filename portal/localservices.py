@@ -197,7 +197,10 @@ def run(command: list[str]) -> int:
 
     with local_services() as urls:
         SERVICES_FILE.parent.mkdir(exist_ok=True)
-        SERVICES_FILE.write_text("".join(f"{key}={value}\n" for key, value in urls.items()))
+        # `manage.py <command>` in another terminal runs as this run does: same servers, and
+        # the development mode `make run` sets (without it settings would ask for SECRET_KEY).
+        shared = {**urls, **({"DEBUG": os.environ["DEBUG"]} if "DEBUG" in os.environ else {})}
+        SERVICES_FILE.write_text("".join(f"{key}={value}\n" for key, value in shared.items()))
         print("local services: " + ", ".join(f"{k}={v}" for k, v in urls.items()), flush=True)
         try:
             child = subprocess.Popen(command, env={**os.environ, **urls})

@@ -131,11 +131,12 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
         for expected in (*expected_processes, "nx-27017"):
             assert expected in names, f"{expected} is not running under make run"
 
-        # Another terminal: manage.py talks to the same services, read from .local/services.env.
+        # Another terminal, as the README has it (nothing exported): manage.py talks to the
+        # same services, and runs in make run's development mode, from .local/services.env.
         shell = subprocess.run(
             [PYTHON, "manage.py", "shell", "-c",
              "from django.conf import settings; print(settings.REDIS_URL)"],
-            cwd=BASE_DIR, env={**fresh_env(), "DEBUG": "true"},
+            cwd=BASE_DIR, env=fresh_env(),
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         services = (BASE_DIR / ".local" / "services.env").read_text()
