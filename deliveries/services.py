@@ -490,7 +490,7 @@ def delivery_assign(
             )
         except NoRoute as exc:
             # A zone opened across the way since the request was accepted.
-            names = ", ".join(f"'{zone.name}'" for zone in exc.zones)
+            names = ", ".join(f"'{zone.name}'" for zone in exc.zones) or "in the way"
             return _wait_or_give_up(
                 delivery, attempt, now, f"no route keeps clear of the no-fly zones {names}"
             )
@@ -647,7 +647,8 @@ def delivery_reschedule(
             confirmation_required=delivery.confirmation_required,
         )
         # Only what the business changes is judged against the clock: a pickup time it keeps
-        # may have passed while the delivery waited for a drone.
+        # may have passed while the delivery waited for a drone. The zones are those active
+        # from the pickup time on, whether it changes or not.
         route = delivery_request_check(
             replace(
                 new,
@@ -655,6 +656,7 @@ def delivery_reschedule(
                 deadline=deadline if deadline is not None else _future(delivery.deadline, now),
             ),
             now=now,
+            router=router_for(max(now, new.pickup_time or now)),
         )
         changes: dict[str, Any] = {
             "dropoff_lat": new.dropoff.point.lat,

@@ -10,7 +10,7 @@ time window); it remembers the routes it has planned, since a plan asks for the 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drones.flight import route_km
@@ -79,7 +79,9 @@ def router_for(start: datetime | None, end: datetime | None = None) -> Router:
     airspace = airspace_get()
     if not airspace.zones:
         return STRAIGHT  # no zone anywhere: every route is the straight line
-    if start is not None and end is None:
+    if start is None:
+        start = datetime.now(tz=UTC)
+    if end is None:
         try:
             end = start + PLAN_WINDOW
         except OverflowError:  # a time at the end of the calendar: the caller refuses it

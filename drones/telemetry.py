@@ -42,7 +42,7 @@ from deliveries.models import Delivery
 from drones import flight
 from drones.geo import Point
 from drones.models import Drone
-from drones.routes import route_json, route_points, router_for
+from drones.routes import PLAN_WINDOW, route_json, route_points, router_for
 from portal.errors import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -502,7 +502,10 @@ def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) ->
         if last is not None:
             last.home = None
         return {"type": "stand_by"}
-    return {"type": "return_to_base", "base": _latlon(base), "route": _home_route(here, base, last)}
+    home = _home_route(here, base, last)
+    if not home:
+        return {"type": "hold"}
+    return {"type": "return_to_base", "base": _latlon(base), "route": home}
 
 
 def _home_route(here: Point, base: Point, last: _Last | None) -> list[list[float]]:
@@ -513,8 +516,9 @@ def _home_route(here: Point, base: Point, last: _Last | None) -> list[list[float
     try:
         route = route_json(router_for(timezone.now()).route(here, base))
     except NoRoute as exc:
+        # Never straight through a zone: the drone holds (drone_orders) until the zones change.
         logger.warning("no way home around the no-fly zones for a drone at %s: %s", here, exc)
-        route = route_json([here, base])
+        return []
     if last is not None:
         last.home = route
     return route
@@ -646,16 +650,18 @@ def flights_reroute(*, now: datetime | None = None) -> int:
     its next report); one with no way around holds where it is and is flagged to operators,
     until a later change lets it go on. Drones flying home get a new way home. Returns how many
     deliveries were rerouted or held."""
-    from airspace.selectors import zones_active
+    from airspace.selectors import airspace_cache_clear, zones_active
 
     now = now or timezone.now()
     redis = get_redis_connection("default")
-    # A zone's id and last change: one drawn anew counts as another.
-    active = zones_active(start=now, end=now).values_list("id", "updated_at")
-    signature = ",".join(sorted(f"{zone_id}@{changed:%s.%f}" for zone_id, changed in active))
+    # A zone's id and last change (one drawn anew counts as another), over the window the
+    # routes are planned for: a zone due to open within it is avoided before it opens.
+    active = zones_active(start=now, end=now + PLAN_WINDOW).values_list("id", "updated_at")
+    signature = ",".join(sorted(f"{zone_id}@{changed.isoformat()}" for zone_id, changed in active))
     previous = redis.get(REROUTE_SIGNATURE_KEY)
     if previous is not None and previous.decode() == signature:
         return 0
+    airspace_cache_clear()  # plan with the zones just read, not this process's cached ones
     router = router_for(now)
     changed = 0
     deliveries = list(
@@ -663,7 +669,9 @@ def flights_reroute(*, now: datetime | None = None) -> int:
             "drone__base"
         )
     )
-    lasts = redis.mget([f"drone:{d.drone_id}:last" for d in deliveries]) if deliveries else []
+    lasts = (
+        redis.mget([_last_key(d.drone_id) for d in deliveries if d.drone_id]) if deliveries else []
+    )
     for delivery, raw in zip(deliveries, lasts, strict=True):
         changed += _reroute(delivery, _Last.parse(raw), router)
     # Drones flying home plan their way home again at their next report.
@@ -699,7 +707,7 @@ def _reroute(delivery: Delivery, last: _Last | None, router: Any) -> int:
     except NoRoute as exc:
         if planned.get("hold"):
             return 0
-        names = ", ".join(f"'{zone.name}'" for zone in exc.zones)
+        names = ", ".join(f"'{zone.name}'" for zone in exc.zones) or "in the way"
         attention = f"no way around the no-fly zones {names}: drone {drone.serial} holds"
         return int(
             delivery_reroute(
@@ -715,10 +723,16 @@ def _reroute(delivery: Delivery, last: _Last | None, router: Any) -> int:
 
 
 def _same_route(new: list[list[float]], old: Any, *, from_here: bool) -> bool:
-    """Whether a leg's route is unchanged: for the leg under way, the same way on from where
-    the drone is (the old route's remaining waypoints)."""
+    """Whether a leg's route is unchanged, within a metre or two (routes are planned in a
+    projection around their own middle, which moves with the drone): every waypoint the new
+    route turns at is one of the old route's. For the leg under way the new route starts where
+    the drone is, not at a waypoint. A detour no longer needed counts as unchanged: the drone
+    flies on the longer, safe way."""
     if not old:
         return False
-    if from_here:
-        return new[1:] == old[-len(new) + 1 :] if len(new) > 1 else len(old) <= 2
-    return bool(new == old)
+    turns = new[1:] if from_here else new
+
+    def on_old(point: list[float]) -> bool:
+        return any(abs(point[0] - p[0]) < 2e-5 and abs(point[1] - p[1]) < 3e-5 for p in old)
+
+    return all(on_old(point) for point in turns)

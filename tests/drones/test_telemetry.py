@@ -445,3 +445,41 @@ def test_the_eta_follows_the_planned_route_around_a_zone_not_the_straight_line(
     expected = km_left / 60 * 3600 + 55 / 4 + flight.HANDLING_SECONDS
     assert (eta - gateway.now).total_seconds() == pytest.approx(expected, abs=1)
     assert km_left > distance_km(start, DROPOFF) + 0.5  # the straight line would be sooner
+
+
+def test_a_zone_due_to_open_within_the_hour_reroutes_flights_once(
+    tenant: Tenant, drone: Drone, gateway: Gateway
+) -> None:
+    from airspace.services import zone_upsert
+    from drones.telemetry import flights_reroute
+
+    delivery = booked(tenant)
+    home = Point(drone.base.lat, drone.base.lon)
+    gateway.send(drone, home, 10.0, time=timezone.now() - timedelta(seconds=20))
+    gateway.send(drone, PICKUP, 5.0, time=timezone.now() - timedelta(seconds=10))
+    gateway.send(drone, PICKUP, 15.0, time=timezone.now() - timedelta(seconds=5))
+    assert flights_reroute() == 0  # nothing in the way: the routes stay
+    middle = flight.interpolate(PICKUP, DROPOFF, 0.5)
+    half_lat, half_lon = 0.2 / 111.2, 0.2 / (111.2 * 0.674)
+    ring = [
+        [middle.lon - half_lon, middle.lat - half_lat],
+        [middle.lon + half_lon, middle.lat - half_lat],
+        [middle.lon + half_lon, middle.lat + half_lat],
+        [middle.lon - half_lon, middle.lat + half_lat],
+        [middle.lon - half_lon, middle.lat - half_lat],
+    ]
+    zone_upsert(
+        name="Parade",
+        reason="temporary_flight_restriction",
+        geometry={"type": "Polygon", "coordinates": [ring]},
+        valid_from=timezone.now() + timedelta(minutes=30),
+    )
+
+    assert flights_reroute() == 1
+    rerouted = Delivery.objects.get(pk=delivery.pk)
+    assert rerouted.route_version == delivery.route_version + 1
+    assert rerouted.route is not None and len(rerouted.route["to_dropoff"]) > 2
+    assert flights_reroute() == 0  # the same zones: nothing planned again
+    orders = gateway.send(drone, PICKUP, 20.0, time=timezone.now())["commands"][drone.serial]
+    assert orders["route_version"] == rerouted.route_version
+    assert orders["routes"]["to_dropoff"] == rerouted.route["to_dropoff"]
