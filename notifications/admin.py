@@ -29,7 +29,7 @@ class NotificationAdmin(admin.ModelAdmin):
     def send_again(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
         # Back to pending and due: the sweep sends them within its round.
         count = queryset.filter(status__in=["pending", "failed"]).update(
-            status="pending", next_attempt_at=timezone.now(), last_error=""
+            status="pending", next_attempt_at=timezone.now(), last_error="", attempts=0
         )
         messages.info(request, f"{count} email(s) will be sent within a minute.")
 

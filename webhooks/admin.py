@@ -17,7 +17,11 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     search_fields = ["url", "business__name"]
     # The secrets never show: operators have no use for them, and pages get screenshotted.
     exclude = ["secret", "previous_secret"]
-    readonly_fields = ["business", "previous_secret_until", "failing_since", "disabled_at"]
+    # The URL and whether it is on change through the business's API only, which checks the
+    # URL and, re-activating, clears `disabled_at`: edited here they would bypass both.
+    readonly_fields = [
+        "business", "url", "active", "previous_secret_until", "failing_since", "disabled_at",
+    ]  # fmt: skip
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # businesses register endpoints through the API, which makes the secret

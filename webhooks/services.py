@@ -84,7 +84,11 @@ def url_check(url: str) -> None:
         raise UnsafeUrl("the URL has no host", field="url")
     if parts.username or parts.password:
         raise UnsafeUrl("the URL may not carry a user or password", field="url")
-    address_resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    try:
+        port = parts.port
+    except ValueError:
+        raise UnsafeUrl("the URL's port must be a number from 1 to 65535", field="url") from None
+    address_resolve(parts.hostname, port or (443 if parts.scheme == "https" else 80))
 
 
 def _refused(address: str) -> bool:
@@ -211,7 +215,8 @@ def webhook_message_resend(
     message.status = WebhookMessage.Status.PENDING
     message.next_attempt_at = now
     message.retry_until = now + timedelta(seconds=settings.WEBHOOK_RETRY_WINDOW_SECONDS)
-    message.save(update_fields=["status", "next_attempt_at", "retry_until"])
+    message.attempts = 0  # a fresh start: its backoff begins short again
+    message.save(update_fields=["status", "next_attempt_at", "retry_until", "attempts"])
     return message
 
 
@@ -298,9 +303,10 @@ def webhooks_eta_record(delivery: Delivery, *, at: datetime) -> int:
     WEBHOOK_ETA_CHANGE_SECONDS since the last one announced (by any of its events)."""
     if delivery.dropoff_eta is None or not business_has_endpoints(delivery.business_id):
         return 0
+    # The newest of its events, whichever endpoint (sequences count per endpoint).
     last = (
         WebhookMessage.objects.filter(delivery_id=delivery.pk)
-        .order_by("-sequence", "-created_at")
+        .order_by("-created_at")
         .values_list("payload", flat=True)
         .first()
     )
@@ -576,6 +582,13 @@ def _disable_if_failing_too_long(endpoint_id: UUID, now: datetime) -> None:
     logger.warning("webhook endpoint %s disabled after failing since %s", endpoint_id, limit)
     business: Business = endpoint.business
     if business.email:
+        _disabled_mail(endpoint, business.email)
+
+
+def _disabled_mail(endpoint: WebhookEndpoint, email: str) -> None:
+    """Tell the business. The endpoint is disabled already, whether this gets through or not:
+    a mail outage must not fail the send that found it failing (the API shows it disabled)."""
+    try:
         send_mail(
             subject="Fabrikam: a webhook endpoint was disabled",
             message=(
@@ -585,8 +598,10 @@ def _disable_if_failing_too_long(endpoint_id: UUID, now: datetime) -> None:
                 f"{endpoint.pk} with active=true); its pending events are then sent."
             ),
             from_email=None,
-            recipient_list=[business.email],
+            recipient_list=[email],
         )
+    except Exception:  # SMTP of any kind; logged for operators
+        logger.exception("the email about disabled webhook endpoint %s was not sent", endpoint.pk)
 
 
 def webhooks_dispatch(

@@ -169,3 +169,10 @@ def test_event_types_are_documented_in_the_service(tenant: Tenant) -> None:
         "delivery.failed",
         "delivery.eta_changed",
     }
+
+
+def test_a_url_with_an_impossible_port_is_a_422_not_a_500(tenant: Tenant) -> None:
+    body = {"url": "https://example.com:99999/h", "events": EVENTS}
+    response = tenant.client.post_json("/api/v1/webhooks", body)
+    assert response.status_code == 422
+    assert "port" in response.json()["error"]["message"]
