@@ -36,7 +36,13 @@ def main() -> None:
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=BASE_DIR)
     demo = subprocess.run(
-        [*manage, "load_demo"], check=True, env=env, cwd=BASE_DIR, capture_output=True, text=True
+        # stdout only: should it fail, its error still reaches the terminal.
+        [*manage, "load_demo"],
+        check=True,
+        env=env,
+        cwd=BASE_DIR,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     banner = [
         "",

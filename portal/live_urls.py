@@ -7,6 +7,6 @@ from deliveries import stream
 urlpatterns = [
     path("deliveries/<str:delivery_id>", stream.delivery_feed, name="live-delivery"),
     # Before the feed's pattern, which would take `<token>.json` for a token.
-    path("track/<str:token>.json", stream.track_status, name="live-track-status"),
-    path("track/<str:token>", stream.track_feed, name="live-track"),
+    path("track/<slug:token>.json", stream.track_status, name="live-track-status"),
+    path("track/<slug:token>", stream.track_feed, name="live-track"),
 ]

@@ -143,3 +143,8 @@ def test_the_public_status_shows_only_our_failure_reasons_and_in_customer_words(
         "no drone was free in time"
         in Client().get(f"/track/{ours.tracking_token}").content.decode()
     )
+
+
+@pytest.mark.parametrize("path", ["/track/a%00b", "/live/track/a%00b", "/live/track/a%00b.json"])
+def test_a_tracking_token_with_a_nul_byte_is_a_404(db: None, path: str) -> None:
+    assert Client().get(path).status_code == 404

@@ -274,10 +274,15 @@ def test_live_runs_uvicorn_on_its_port_and_lets_streams_end_before_it_is_killed(
     pod = deployment["spec"]["template"]["spec"]
     command = pod["containers"][0]["command"]
     assert command[:2] == ["uvicorn", "portal.asgi:application"]
-    options = dict(zip(command[2::2], command[3::2], strict=True))
+    options: dict[str, str | None] = {}
+    for word, following in zip(command[2:], [*command[3:], ""], strict=True):
+        if word.startswith("--"):
+            options[word] = None if following.startswith("--") or not following else following
     assert options["--host"] == "0.0.0.0"  # noqa: S104 - inside the pod, behind its policy
+    # As the Procfile runs it: no lifespan (Django has none), no line per feed opened.
+    assert options["--lifespan"] == "off" and "--no-access-log" in options
     assert options["--port"] == str(values["live"]["port"])
-    grace = int(options["--timeout-graceful-shutdown"])
+    grace = int(options["--timeout-graceful-shutdown"] or 0)
     assert grace < pod["terminationGracePeriodSeconds"]
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
