@@ -26,6 +26,7 @@ from deliveries.models import Delivery, Quote
 from drones.geo import Point
 from portal.api import Pagination, validated
 from portal.errors import NotFound
+from portal.timefmt import iso
 
 # --- input ------------------------------------------------------------------------------------
 
@@ -173,7 +174,6 @@ class EventOut(serializers.Serializer):
 
 def delivery_document(delivery: Delivery, *, events: bool = False) -> dict[str, Any]:
     """The JSON of a delivery; plain code, as it sits on the ingestion hot path."""
-    iso = _iso
     document: dict[str, Any] = {
         "id": str(delivery.id),
         "status": delivery.status,
@@ -231,13 +231,6 @@ def route_geojson(route: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     points = [*route.get("to_pickup", [])[:-1], *route["to_dropoff"]]
     return {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in points]}
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def tracking_url(delivery: Delivery) -> str:

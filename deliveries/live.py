@@ -25,6 +25,7 @@ from django_redis import get_redis_connection
 
 from deliveries.models import Delivery
 from deliveries.reasons import customer_reason
+from portal.timefmt import iso
 
 logger = logging.getLogger(__name__)
 TTL_SECONDS = 7 * 24 * 3600
@@ -52,13 +53,6 @@ def status_key(delivery_id: UUID | str) -> str:
 
 def channel(delivery_id: UUID | str) -> str:
     return f"delivery:{delivery_id}:live"
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def status_of(
@@ -92,9 +86,9 @@ def status_of(
     return {
         "status": delivery.status,
         "drone_location": location,
-        "pickup_eta": _iso(delivery.pickup_eta),
-        "dropoff_eta": _iso(delivery.dropoff_eta),
-        "updated_at": _iso(delivery.updated_at),
+        "pickup_eta": iso(delivery.pickup_eta),
+        "dropoff_eta": iso(delivery.dropoff_eta),
+        "updated_at": iso(delivery.updated_at),
         # Customers follow this (the public tracking page and feed): the workflow's reasons in
         # their words, never an operator's note or an error.
         "failure_reason": customer_reason(delivery.failure_reason)

@@ -44,6 +44,7 @@ from drones.geo import Point
 from drones.models import Drone
 from drones.routes import PLAN_WINDOW, route_json, route_points, router_for
 from portal.errors import Conflict, NotFound
+from portal.timefmt import iso
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def _location(report: Report) -> dict[str, Any]:
         "alt_m": report.alt_m,
         "heading": report.heading,
         "ground_speed_mps": report.ground_speed_mps,
-        "at": report.time.isoformat().replace("+00:00", "Z"),
+        "at": iso(report.time),
     }
 
 
@@ -443,10 +444,6 @@ def _write_database(
 # --- orders for the drones ------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
 def _latlon(point: Point) -> dict[str, float]:
     return {"lat": point.lat, "lon": point.lon}
 
@@ -486,7 +483,7 @@ def drone_orders(drone: Drone, delivery: Delivery | None, last: _Last | None) ->
             "type": "deliver",
             "delivery_id": str(delivery.pk),
             "stage": delivery.status,
-            "takeoff_at": _iso(takeoff),
+            "takeoff_at": iso(takeoff),
             "payload_kg": delivery.package_weight_kg,
             "pickup": _latlon(pickup),
             "dropoff": _latlon(dropoff),

@@ -37,6 +37,7 @@ from standardwebhooks.webhooks import Webhook
 from businesses.models import Business
 from deliveries.models import Delivery
 from portal.errors import NotFound, Unprocessable
+from portal.timefmt import iso
 from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 logger = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def _record(delivery: Delivery, event: str, at: datetime) -> int:
 
     payload = {
         "type": event,
-        "timestamp": _iso(at),
+        "timestamp": iso(at),
         "data": delivery_document(delivery),
     }
     # The delivery's row, swapped in this transaction, serialises its changes: max + 1 is safe.
@@ -316,11 +317,6 @@ def webhooks_eta_record(delivery: Delivery, *, at: datetime) -> int:
         if moved <= settings.WEBHOOK_ETA_CHANGE_SECONDS:
             return 0
     return _record(delivery, ETA_CHANGED, at)
-
-
-def _iso(value: datetime) -> str:
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 def _parse(value: Any) -> datetime | None:
