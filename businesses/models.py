@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from rest_framework_api_key.models import AbstractAPIKey
 
@@ -13,11 +14,20 @@ class Business(models.Model):
     name = models.CharField(max_length=200)
     email = models.EmailField(blank=True)
     is_active = models.BooleanField(default=True)
+    # The platform's own account, which owns the deliveries customers schedule on the site.
+    serves_customers = models.BooleanField(default=False, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
         verbose_name_plural = "businesses"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["serves_customers"],
+                condition=models.Q(serves_customers=True),
+                name="business_one_for_customers",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -31,3 +41,20 @@ class BusinessAPIKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "business API key"
         verbose_name_plural = "business API keys"
+
+
+class BusinessMember(models.Model):
+    """A person who signs in to the site for a business: sees its deliveries and manages its API
+    keys. A user belongs to one business at most; a user with none is a customer."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="business_membership"
+    )
+    business = models.ForeignKey(Business, on_delete=models.CASCADE, related_name="members")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "business member"
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.business})"

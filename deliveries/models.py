@@ -3,6 +3,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
@@ -42,6 +43,16 @@ class Delivery(models.Model):
     # Indexed by the composite indexes below, which lead with it: one index less to write.
     business = models.ForeignKey(
         "businesses.Business", on_delete=models.PROTECT, related_name="deliveries", db_index=False
+    )
+    # The person who scheduled it on the site (deliveries of the customers' business); None for
+    # a delivery a business asked for through the API.
+    customer = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="deliveries",
+        db_index=False,
     )
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.REQUESTED)
     # Bumped by every change of status (deliveries.lifecycle): the compare-and-swap token, and
@@ -108,6 +119,11 @@ class Delivery(models.Model):
             models.Index(fields=["business", "-created_at"], name="delivery_business_recent"),
             models.Index(fields=["business", "status"], name="delivery_business_status"),
             models.Index(fields=["status", "next_attempt_at"], name="delivery_waiting"),
+            models.Index(
+                fields=["customer", "-created_at"],
+                condition=models.Q(customer__isnull=False),
+                name="delivery_customer_recent",
+            ),
             models.Index(
                 fields=["book_at"],
                 condition=models.Q(book_at__isnull=False),

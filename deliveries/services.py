@@ -266,10 +266,14 @@ def _quote_for(*, business_id: UUID, quote_id: UUID, request: DeliveryRequest) -
 
 
 def delivery_create(
-    *, business_id: UUID, request: DeliveryRequest, quote_id: UUID | None = None
+    *,
+    business_id: UUID,
+    request: DeliveryRequest,
+    quote_id: UUID | None = None,
+    customer_id: int | None = None,
 ) -> Delivery:
     """Store the delivery and its first event in one transaction; publish the workflow
-    message after commit.
+    message after commit. `customer_id` is the site's customer who scheduled it.
 
     If the broker is down the message goes to the outbox and the relay publishes it later (see
     `_workflow_enqueue`). A request that cannot be stored raises: it is never acknowledged. The
@@ -286,6 +290,7 @@ def delivery_create(
     )
     delivery = Delivery(
         business_id=business_id,
+        customer_id=customer_id,
         pickup_lat=request.pickup.point.lat,
         pickup_lon=request.pickup.point.lon,
         pickup_address=request.pickup.address,
