@@ -142,6 +142,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -227,6 +228,42 @@ STORAGES = {
             else "whitenoise.storage.CompressedManifestStaticFilesStorage"
         )
     },
+}
+
+# The site: customers sign up and in with their email address; business members with theirs.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "site-deliveries"
+LOGOUT_REDIRECT_URL = "home"
+PASSWORD_RESET_TIMEOUT = 3 * 3600
+# Map tiles come from OpenStreetMap when the browser reaches it; the pages work without them.
+MAP_TILE_URL = envstr("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png") or ""
+MAP_TILE_ATTRIBUTION = envstr(
+    "MAP_TILE_ATTRIBUTION",
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors',
+)
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL ('' for none)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else ""
+
+
+# Content Security Policy (django-csp): scripts only from our own static files, never inline.
+# Inline style attributes stay allowed for Django admin's templates; our pages use none.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:", *filter(None, [_origin(MAP_TILE_URL.replace("{s}", "a"))])],
+        "connect-src": ["'self'", *filter(None, [_origin(envstr("LIVE_BASE_URL") or "")])],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 # Email: the console locally, SMTP when a host is given.
