@@ -213,6 +213,7 @@ def bench_environ(
             "DEBUG": "false",  # production code paths: no query log, no debug pages
             "SECRET_KEY": "bench-only-" + os.urandom(16).hex(),
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "PUBLIC_BASE_URL": "http://127.0.0.1",  # links in answers; no bench follows one
             "SECURE_SSL_REDIRECT": "false",
             "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
             "API_RATE_LIMIT": "10000000/second",  # the throttle runs, never refuses

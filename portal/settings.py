@@ -392,7 +392,9 @@ LIVE_BASE_URL = (envstr("LIVE_BASE_URL") or "").rstrip("/")
 LIVE_ALLOW_ORIGIN = envstr("LIVE_ALLOW_ORIGIN") or ""
 
 # Deliveries: pricing, limits and the workflow's patience.
-PUBLIC_BASE_URL = (envstr("PUBLIC_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
+# The address the site is really served at: the base of every link in answers, pages and emails.
+# `make run` sets it to the port it serves on; the Helm chart to https://<host>.
+PUBLIC_BASE_URL = required("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 PRICE_CURRENCY = envstr("PRICE_CURRENCY") or "USD"
 PRICE_BASE = Decimal(envstr("PRICE_BASE") or "4.00")
 PRICE_PER_KM = Decimal(envstr("PRICE_PER_KM") or "1.20")

@@ -7,7 +7,10 @@ No Docker engine runs here, so the image is not built by the tests; `az acr buil
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 from .conftest import REPO, run_tool, tool
 
@@ -67,6 +70,27 @@ def test_static_files_and_bytecode_are_built_into_the_image() -> None:
     assert "DEBUG=false" in runs
     assert "compileall" in runs  # the root filesystem is read-only at run time
     assert "--only-binary=:all: -r /tmp/requirements.txt" in runs
+
+
+def test_the_build_gives_every_setting_production_requires() -> None:
+    # With DEBUG=false the settings refuse to load without each required variable; a new one
+    # missing here would fail collectstatic, and the image build with it.
+    (run,) = [args for keyword, args in instructions() if "manage.py collectstatic" in args]
+    assignments = run.split("python manage.py collectstatic")[0].split()
+    build_env = dict(word.split("=", 1) for word in assignments if "=" in word)
+    assert build_env["DEBUG"] == "false"
+    clean = {
+        k: v for k, v in os.environ.items() if k != "DEBUG" and not k.endswith(("_URL", "_URI"))
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO,
+        env={**clean, "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true", **build_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_default_command_is_the_web_process() -> None:

@@ -24,6 +24,7 @@ from .conftest import (
     CHART,
     ENVIRONMENTS,
     NAMESPACE,
+    RELEASE,
     REPO,
     run_tool,
     tool,
@@ -345,6 +346,26 @@ def test_simulator_calls_the_web_service_by_a_name_web_allows(
     # Without the simulator the name is not allowed: only the public host is.
     prod_web = container_of(objects(rendered, "prod"), "web")
     assert env_of(prod_web)["ALLOWED_HOSTS"] == load_values("prod")["host"]
+
+
+def test_every_process_links_to_the_public_host_over_https(
+    objs: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    # The settings refuse to start without PUBLIC_BASE_URL when DEBUG is off.
+    bases = {
+        component(w): env_of(pod["containers"][0]).get("PUBLIC_BASE_URL")
+        for w, pod in workloads(objs)
+    }
+    assert set(bases.values()) == {f"https://{values['host']}"}, bases
+
+
+def test_a_public_base_url_given_in_the_values_is_kept(tmp_path: Path) -> None:
+    given = tmp_path / "public-base-url.yaml"
+    given.write_text("env:\n  PUBLIC_BASE_URL: https://www.fabrikam.example/drones\n")
+    rendered = toolbox("render", str(CHART), RELEASE, NAMESPACE, *values_files("prod"), str(given))
+    web = container_of([item["object"] for item in rendered["objects"]], "web")
+    (base,) = [e["value"] for e in web["env"] if e["name"] == "PUBLIC_BASE_URL"]
+    assert base == "https://www.fabrikam.example/drones"
 
 
 def test_every_process_flies_the_fleet_at_the_same_speedup(

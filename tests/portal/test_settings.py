@@ -16,6 +16,7 @@ PRODUCTION = {
     "REDIS_URL": "rediss://cache.example.com:6380/0",
     "MONGODB_URI": "mongodb://packages.example.com:10255/?tls=true",
     "CELERY_BROKER_URL": "azureservicebus://DefaultAzureCredential@bus.servicebus.windows.net",
+    "PUBLIC_BASE_URL": "https://drones.example.com",
 }
 
 
@@ -53,6 +54,25 @@ def test_production_without_a_service_url_refuses_to_start_naming_it() -> None:
     result = manage("check", env=env)
     assert result.returncode != 0
     assert "MONGODB_URI is not set" in result.stderr
+
+
+def test_production_without_a_public_base_url_refuses_to_start_naming_it() -> None:
+    # Links in answers and emails would otherwise point at a developer's loopback address.
+    env = {k: v for k, v in PRODUCTION.items() if k != "PUBLIC_BASE_URL"}
+    result = manage("check", env=env)
+    assert result.returncode != 0
+    assert "PUBLIC_BASE_URL is not set" in result.stderr
+
+
+def test_the_public_base_url_is_read_without_its_trailing_slash() -> None:
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.PUBLIC_BASE_URL)",
+        env={**PRODUCTION, "PUBLIC_BASE_URL": "https://drones.example.com/"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "https://drones.example.com"
 
 
 def test_check_deploy_reports_nothing_for_a_production_configuration() -> None:

@@ -77,7 +77,7 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
 {{- define "dd.env" -}}
 {{- $root := .root }}
 {{- $values := $root.Values }}
-{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" "FLEET_SIM_SPEEDUP" -}}
+{{- $env := omit $values.env "CELERY_BROKER_URL" "ALLOWED_HOSTS" "CSRF_TRUSTED_ORIGINS" "PUBLIC_BASE_URL" "FLEET_SIM_SPEEDUP" -}}
 {{- $hosts := default $values.host $values.env.ALLOWED_HOSTS }}
 {{- if $values.simulator.enabled }}
 {{- /* The simulator calls the web Service by its in-cluster name, which is then its Host. */}}
@@ -87,6 +87,9 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
   value: {{ $hosts | quote }}
 - name: CSRF_TRUSTED_ORIGINS
   value: {{ default (printf "https://%s" $values.host) $values.env.CSRF_TRUSTED_ORIGINS | quote }}
+# The base of every link in answers, pages and emails: the public host unless given.
+- name: PUBLIC_BASE_URL
+  value: {{ default (printf "https://%s" $values.host) $values.env.PUBLIC_BASE_URL | quote }}
 - name: CELERY_BROKER_URL
   value: {{ include "dd.brokerUrl" $root | quote }}
 # The simulated fleet's clock rate; ETAs divide by it, so every process gets the same value.
