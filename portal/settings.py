@@ -143,6 +143,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    "portal.middleware.SiteTimeZoneMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -235,6 +236,12 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "site-deliveries"
 LOGOUT_REDIRECT_URL = "home"
 PASSWORD_RESET_TIMEOUT = 3 * 3600
+# The deliveries customers schedule on the site belong to this account of the platform's own.
+CUSTOMERS_BUSINESS_NAME = envstr("CUSTOMERS_BUSINESS_NAME", "Fabrikam customers") or ""
+# The site shows and reads times in the service area's zone (the API speaks ISO with a zone).
+SITE_TIME_ZONE = envstr("SITE_TIME_ZONE", "America/Los_Angeles") or "UTC"
+# Where the site's maps open: the service area's centre, "lat,lon".
+SITE_MAP_CENTER = [float(v) for v in (envstr("SITE_MAP_CENTER") or "47.6062,-122.3321").split(",")]
 # Map tiles come from OpenStreetMap when the browser reaches it; the pages work without them.
 MAP_TILE_URL = envstr("MAP_TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png") or ""
 MAP_TILE_ATTRIBUTION = envstr(
