@@ -703,8 +703,18 @@ def _future(moment: datetime | None, now: datetime) -> datetime | None:
     return moment if moment is not None and moment > now else None
 
 
-def delivery_retry(*, delivery_id: UUID) -> Delivery:
-    """An operator's retry of a failed delivery: back to requested, the workflow starts over."""
+class RetryRefused(Conflict):
+    """An operator's retry that could only fail again at once; the message says what to change."""
+
+    code = "retry_refused"
+
+
+def delivery_retry(*, delivery_id: UUID, operator: str = "") -> Delivery:
+    """An operator's retry of a failed delivery: back to requested, the workflow starts over.
+
+    Refused (RetryRefused, saying why) when the workflow could only give up again at once: its
+    deadline has passed, or no drone could ever make the trip as it stands (a pickup or dropoff
+    inside a no-fly zone, no way around the zones, too heavy or too far)."""
     now = timezone.now()
     with transaction.atomic():
         delivery = _locked(delivery_id)
@@ -712,7 +722,90 @@ def delivery_retry(*, delivery_id: UUID) -> Delivery:
             raise InvalidStageTransition(
                 f"only a failed delivery can be retried, not a {delivery.status} one"
             )
-        _request_again(delivery, now=now, note="retried by operator")
+        _retry_check(delivery, now=now)
+        _request_again(delivery, now=now, note=f"retried by {_operator(operator)}")
+    return delivery
+
+
+def _operator(name: str) -> str:
+    return f"operator {name}" if name else "an operator"
+
+
+def _when(moment: datetime) -> str:
+    return f"{timezone.localtime(moment):%Y-%m-%d %H:%M %Z}"
+
+
+def _retry_check(delivery: Delivery, *, now: datetime) -> None:
+    if delivery.deadline is not None and delivery.deadline <= now:
+        raise RetryRefused(
+            f"the deadline {_when(delivery.deadline)} has passed; change it first",
+            field="deadline",
+        )
+    pickup_time = _future(delivery.pickup_time, now)
+    trip = DeliveryRequest(
+        pickup=Place(_point(delivery.pickup_lat, delivery.pickup_lon)),
+        dropoff=Place(_point(delivery.dropoff_lat, delivery.dropoff_lon)),
+        package_size=delivery.package_size,
+        package_weight_kg=delivery.package_weight_kg,
+        pickup_time=pickup_time,
+        deadline=delivery.deadline,
+    )
+    try:
+        delivery_request_check(trip, now=now, router=router_for(pickup_time or now))
+    except Unprocessable as exc:
+        raise RetryRefused(f"{exc.message}; it would fail again", field=exc.field) from None
+
+
+def delivery_deadline_check(
+    delivery: Delivery, deadline: datetime | None, *, now: datetime
+) -> None:
+    """Whether an operator may give this delivery this deadline (None: no deadline): only a failed
+    delivery's, ahead of now, and after its pickup time when that is ahead too."""
+    if delivery.status != Status.FAILED:
+        raise Conflict(
+            f"the delivery is {delivery.status.replace('_', ' ')}; only a failed delivery's "
+            "deadline can be changed",
+            code="deadline_not_editable",
+        )
+    if deadline is None:
+        return
+    days = settings.DELIVERY_MAX_DAYS_AHEAD + 1
+    if deadline <= now:
+        raise Unprocessable(
+            f"the new deadline {_when(deadline)} is in the past",
+            field="deadline",
+            code="deadline_in_past",
+        )
+    if deadline > now + timedelta(days=days):
+        raise Unprocessable(
+            f"the deadline can be at most {days} days ahead",
+            field="deadline",
+            code="deadline_too_far",
+        )
+    pickup_time = _future(delivery.pickup_time, now)
+    if pickup_time is not None and deadline <= pickup_time:
+        raise Unprocessable(
+            f"the deadline must come after the pickup time {_when(pickup_time)}",
+            field="deadline",
+            code="deadline_before_pickup",
+        )
+
+
+def delivery_deadline_set(
+    *, delivery_id: UUID, deadline: datetime | None, operator: str = ""
+) -> Delivery:
+    """An operator moves (or removes, with None) the deadline of a failed delivery, so that it
+    can be retried (delivery_deadline_check says what is allowed). It stays failed until it is
+    retried."""
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = _locked(delivery_id)
+        delivery_deadline_check(delivery, deadline, now=now)
+        Delivery.objects.filter(pk=delivery.pk).update(deadline=deadline, updated_at=now)
+    logger.info(
+        "deadline of delivery %s set to %s by %s", delivery.pk, deadline, _operator(operator)
+    )
+    delivery.deadline = deadline
     return delivery
 
 

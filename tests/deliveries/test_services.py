@@ -271,3 +271,52 @@ def test_a_retried_delivery_emails_its_new_eta(tenant: Tenant) -> None:
         "We could not complete your drone delivery",
         "Your drone delivery arrives",
     ]
+
+
+@pytest.mark.django_db
+def test_a_retry_past_the_deadline_is_refused_and_the_delivery_stays_failed(
+    tenant: Tenant,
+) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(
+        business_id=tenant.business.id,
+        request=request(deadline=timezone.now() + timedelta(hours=1)),
+    )
+    Delivery.objects.filter(pk=delivery.id).update(deadline=timezone.now() - timedelta(minutes=1))
+    services.delivery_fail(
+        delivery_id=delivery.id, reason="no drone can deliver before the deadline"
+    )
+
+    with pytest.raises(services.RetryRefused, match="has passed; change it first"):
+        services.delivery_retry(delivery_id=delivery.id)
+    assert Delivery.objects.get(pk=delivery.id).status == "failed"
+
+    services.delivery_deadline_set(
+        delivery_id=delivery.id, deadline=timezone.now() + timedelta(hours=2), operator="alice"
+    )
+    retried = services.delivery_retry(delivery_id=delivery.id, operator="alice")
+    assert retried.status == "requested"
+    last = DeliveryEvent.objects.filter(delivery=delivery).order_by("at", "id").last()
+    assert last is not None and last.note == "retried by operator alice"
+
+
+@pytest.mark.django_db
+def test_only_a_failed_delivery_gets_a_new_deadline_and_only_one_ahead(tenant: Tenant) -> None:
+    make_fleet(1)
+    delivery = services.delivery_create(business_id=tenant.business.id, request=request())
+    ahead = timezone.now() + timedelta(hours=2)
+    with pytest.raises(services.Conflict, match="only a failed delivery's deadline"):
+        services.delivery_deadline_set(delivery_id=delivery.id, deadline=ahead)
+
+    services.delivery_fail(delivery_id=delivery.id, reason="no drone became free in time")
+    with pytest.raises(services.Unprocessable, match="is in the past"):
+        services.delivery_deadline_set(
+            delivery_id=delivery.id, deadline=timezone.now() - timedelta(minutes=1)
+        )
+    with pytest.raises(services.Unprocessable, match="at most 8 days ahead"):
+        services.delivery_deadline_set(
+            delivery_id=delivery.id, deadline=timezone.now() + timedelta(days=9)
+        )
+    assert services.delivery_deadline_set(delivery_id=delivery.id, deadline=ahead).deadline == ahead
+    assert Delivery.objects.get(pk=delivery.id).deadline == ahead
+    assert services.delivery_deadline_set(delivery_id=delivery.id, deadline=None).deadline is None
