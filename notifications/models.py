@@ -20,8 +20,9 @@ def unsubscribe_token() -> str:
 class Subscription(models.Model):
     """An address that hears about one delivery's stage changes until it unsubscribes.
 
-    The customer's address (the recipient's, else the business's) is subscribed at the first
-    stage change; anyone with the tracking link may add theirs ("Notify me"), a few per delivery.
+    The customers' addresses (the recipient's and the site customer's, else the business's) are
+    subscribed at the first stage change; anyone with the tracking link may add theirs
+    ("Notify me"), a few per delivery.
     Unsubscribing keeps the row, inactive, so that the customer is not subscribed again.
     """
 

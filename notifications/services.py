@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core import signing
 from django.core.mail import EmailMessage
 from django.db import transaction
@@ -53,12 +54,18 @@ def _normal(email: str) -> str:
     return email.strip().lower()
 
 
-def _customer_email(delivery: Delivery) -> str:
-    if delivery.recipient_email:
-        return delivery.recipient_email
+def _customer_emails(delivery: Delivery) -> list[str]:
+    """Who hears of every stage: the recipient, and the site customer who scheduled it; the
+    business when neither gave an address."""
+    emails = [delivery.recipient_email] if delivery.recipient_email else []
+    if delivery.customer_id is not None:
+        emails += User.objects.filter(pk=delivery.customer_id).values_list("email", flat=True)
+    if any(emails):
+        return [email for email in emails if email]
     if Delivery.business.is_cached(delivery):
-        return delivery.business.email
-    return Business.objects.filter(pk=delivery.business_id).values_list("email", flat=True).get()
+        return [delivery.business.email] if delivery.business.email else []
+    email = Business.objects.filter(pk=delivery.business_id).values_list("email", flat=True).get()
+    return [email] if email else []
 
 
 def notifications_record(delivery: Delivery, *, previous: str) -> list[UUID]:
@@ -68,14 +75,15 @@ def notifications_record(delivery: Delivery, *, previous: str) -> list[UUID]:
     kind = KIND_OF_STAGE.get(delivery.status)
     if kind is None or previous == delivery.status:
         return []
-    customer = _customer_email(delivery)
-    if customer:
+    customers = _customer_emails(delivery)
+    if customers:
         # ignore_conflicts: a customer who unsubscribed stays unsubscribed.
         Subscription.objects.bulk_create(
             [
                 Subscription(
-                    delivery=delivery, email=_normal(customer), source=Subscription.Source.CUSTOMER
+                    delivery=delivery, email=_normal(email), source=Subscription.Source.CUSTOMER
                 )
+                for email in customers
             ],
             ignore_conflicts=True,
         )
