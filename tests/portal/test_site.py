@@ -198,6 +198,7 @@ def test_typed_coordinates_work_without_the_map(fleet: list[Drone]) -> None:
         dropoff_address="Flat 4, <b>back door</b>",
     )
     assert (delivery.dropoff_lat, delivery.dropoff_lon) == (47.6205, -122.3493)
+    assert delivery.customer is not None
     page = Client()
     page.force_login(delivery.customer)
     html = page.get(reverse("site-delivery", kwargs={"delivery_id": delivery.id})).content
