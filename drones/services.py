@@ -20,7 +20,7 @@ from drones.selectors import (
     drone_plan_best,
     drone_plan_for,
 )
-from portal.errors import NotFound, Unavailable, Unprocessable
+from portal.errors import Conflict, NotFound, Unavailable, Unprocessable
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,65 @@ def drone_state_set(
         changes.update(lat=lat, lon=lon, alt_m=alt_m)
     if not Drone.objects.filter(pk=drone_id).update(**changes):
         raise NotFound(f"No drone {drone_id}.")
+
+
+class NothingToSendHome(Conflict):
+    """The drone is not out on a delivery that can be called off; the message says why."""
+
+    code = "nothing_to_send_home"
+
+
+def drone_send_home(*, drone_id: UUID, operator: str = "") -> Drone:
+    """Call a drone flying out for a delivery back to its base, before the package is aboard:
+    its delivery goes back for another drone (the lifecycle releases this one), the drone
+    learns `return_to_base` from the answer to its next report, and is free again once it has
+    landed. The drone stays in service (grounding takes it out).
+
+    Refused, saying why, when there is nothing to call off: a drone on the ground (ground it to
+    give its delivery another drone), a lost one (it hears nothing until it reports again), one
+    flying home already, or one with the package aboard (it comes home after the dropoff;
+    grounding brings it home with the package)."""
+    from deliveries.lifecycle import BEFORE_PICKUP, WITH_DRONE
+    from deliveries.models import Delivery
+    from deliveries.services import delivery_replace_drone
+
+    with transaction.atomic():
+        drone = Drone.objects.select_for_update().filter(pk=drone_id).first()
+        if drone is None:
+            raise NotFound(f"No drone {drone_id}.")
+        delivery = (
+            Delivery.objects.filter(pk=drone.assigned_delivery_id).first()
+            if drone.assigned_delivery_id
+            else None
+        )
+        if drone.state == Drone.State.LOST:
+            raise NothingToSendHome(
+                f"drone {drone.serial} is lost: it hears nothing until it reports again"
+            )
+        if drone.state == Drone.State.GROUNDED:
+            raise NothingToSendHome(
+                f"drone {drone.serial} is grounded: it already flies home or stays at its base"
+            )
+        if drone.state != Drone.State.FLYING:
+            raise NothingToSendHome(
+                f"drone {drone.serial} is on the ground ({drone.state}); to give its delivery "
+                "another drone, ground it"
+            )
+        if delivery is None or delivery.status not in WITH_DRONE:
+            raise NothingToSendHome(f"drone {drone.serial} is already flying home")
+        if delivery.status not in BEFORE_PICKUP:
+            raise NothingToSendHome(
+                f"drone {drone.serial} has the package of delivery {delivery.pk} aboard: it "
+                "comes home after the dropoff (ground it to bring the package back now)"
+            )
+        who = f"operator {operator}" if operator else "an operator"
+        delivery_replace_drone(
+            delivery_id=delivery.pk,
+            reason=f"drone {drone.serial} sent home by {who}; finding another drone",
+        )
+        drone.assigned_delivery_id = None
+    logger.info("drone %s sent home by %s", drone.serial, who)
+    return drone
 
 
 def _booked_plan(

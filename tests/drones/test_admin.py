@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import json
+import re
 import uuid
+from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
+from deliveries import services as delivery_services
+from deliveries.models import Delivery, DeliveryEvent
+from drones import flight
+from drones.geo import Point
 from drones.models import Drone, TelemetryKey
+from drones.services import telemetry_key_create
+from tests.conftest import Tenant, delivery_body, make_fleet
 from tests.drones.fleet import base, drone, drone_model
 
 pytestmark = pytest.mark.django_db
@@ -114,3 +126,158 @@ def test_operators_find_the_deliveries_that_need_attention(admin_client: Client)
     body = page.content.decode()
     assert "drone FD-0007 lost contact" in body
     assert str(flagged.pk) in body and str(calm.pk) not in body
+
+
+# --- what an operator sees and does (issue 9) -------------------------------------------------
+
+
+def report(key: str, drone: Drone, at: Point, alt_m: float, seconds_ago: float) -> Any:
+    """One telemetry report from the drone's gateway; returns the drone's orders."""
+    time = timezone.now() - timedelta(seconds=seconds_ago)
+    body = {
+        "drone": drone.serial, "time": time.isoformat().replace("+00:00", "Z"),
+        "lat": at.lat, "lon": at.lon, "alt_m": alt_m, "ground_speed_mps": 15.0, "heading": 0.0,
+        "battery_pct": 90.0,
+    }  # fmt: skip
+    answer = Client(HTTP_AUTHORIZATION=f"Telemetry-Key {key}").post(
+        "/api/v1/telemetry", {"reports": [body]}, content_type="application/json"
+    )
+    assert answer.status_code == 200, answer.json()
+    return answer.json()["commands"][drone.serial]
+
+
+def assigned(tenant: Tenant) -> tuple[Delivery, Drone]:
+    response = tenant.client.post_json("/api/v1/deliveries", delivery_body())
+    assert response.status_code == 202, response.json()
+    delivery_id = uuid.UUID(response.json()["id"])
+    assert delivery_services.delivery_assign(delivery_id=delivery_id).result == "assigned"
+    delivery = Delivery.objects.select_related("drone").get(pk=delivery_id)
+    assert delivery.drone is not None
+    return delivery, delivery.drone
+
+
+def flying_to_pickup(tenant: Tenant) -> tuple[Delivery, Drone, str]:
+    """A delivery whose drone has taken off for the pickup (told so by its telemetry)."""
+    delivery, d = assigned(tenant)
+    _, key = telemetry_key_create(name="gateway", base_ids=[d.base_id])
+    home = Point(d.base.lat, d.base.lon)
+    pickup = Point(delivery.pickup_lat, delivery.pickup_lon)
+    assert report(key, d, home, 0.0, 30)["type"] == "deliver"
+    report(key, d, home, 20.0, 20)
+    report(key, d, flight.interpolate(home, pickup, 0.3), 60.0, 10)
+    delivery.refresh_from_db()
+    d.refresh_from_db()
+    assert (delivery.status, d.state) == ("en_route_to_pickup", "flying")
+    return delivery, d, key
+
+
+def act(client: Client, action: str, *drones: Drone) -> list[str]:
+    response = client.post(
+        reverse("admin:drones_drone_changelist"),
+        {"action": action, "_selected_action": [str(d.pk) for d in drones]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return [str(m) for m in get_messages(response.wsgi_request)]
+
+
+def test_a_drone_booked_but_still_idle_reads_booked_for_its_delivery(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    make_fleet(2)
+    delivery, booked = assigned(tenant)
+    assert booked.state == "idle"
+
+    body = admin_client.get(reverse("admin:drones_drone_changelist")).content.decode()
+
+    rows = [r.split("</tr>")[0] for r in body.split("<tr")]
+    row = next(r for r in rows if booked.serial in r)
+    assert "Booked for" in row and str(delivery.pk)[:8] in row and ">Idle<" not in row
+    assert "(assigned)" in row  # its delivery's stage
+    free = next(r for r in rows if ">T-" in r and booked.serial not in r)
+    assert ">Idle<" in free and "Booked" not in free
+
+
+def test_the_drone_page_shows_it_on_a_map_without_inline_scripts(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    make_fleet(1)
+    delivery, d = assigned(tenant)
+
+    page = admin_client.get(reverse("admin:drones_drone_change", args=[d.pk]))
+
+    body = page.content.decode()
+    assert (
+        "'unsafe-inline'"
+        not in page["Content-Security-Policy"].split("script-src")[1].split(";")[0]
+    )
+    assert "leaflet/leaflet.js" in body and "drones/drone_map.js" in body
+    options = re.search(
+        r'<script id="drone-map-options" type="application/json">(.*?)</script>', body, re.S
+    )
+    assert options is not None
+    data = json.loads(options.group(1))
+    assert (data["drone"]["lat"], data["drone"]["lon"]) == (d.lat, d.lon)
+    assert data["pickup"]["lat"] == delivery.pickup_lat
+    for script in re.findall(r"<script[^>]*>", body):  # every script a file, or data
+        assert " src=" in script or 'type="application/json"' in script, script
+    assert f"{d.lat:.5f}, {d.lon:.5f}" in body
+
+
+def test_an_operator_sends_a_drone_home_and_its_delivery_looks_for_another(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    make_fleet(1)
+    delivery, d, key = flying_to_pickup(tenant)
+
+    assert act(admin_client, "send_home", d) == [
+        "1 drone sent home; its delivery looks for another drone."
+    ]
+
+    delivery.refresh_from_db()
+    assert delivery.status == "requested" and delivery.drone_id is None
+    last = DeliveryEvent.objects.filter(delivery=delivery).order_by("at", "id").last()
+    assert last is not None
+    assert last.note == f"drone {d.serial} sent home by operator admin; finding another drone"
+    here = Point(d.lat, d.lon)
+    assert report(key, d, here, 60.0, 0)["type"] == "return_to_base"
+    # Still in the air, it is nobody's drone until it lands.
+    outcome = delivery_services.delivery_assign(delivery_id=delivery.pk, attempt=delivery.attempts)
+    assert outcome.result == "wait"
+
+
+def test_sending_home_says_why_when_there_is_nothing_to_call_off(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    make_fleet(2)
+    _, on_the_ground = assigned(tenant)
+
+    messages = act(admin_client, "send_home", on_the_ground)
+
+    assert messages == [
+        f"Drone {on_the_ground.serial} not sent home: drone {on_the_ground.serial} is on the "
+        "ground (idle); to give its delivery another drone, ground it."
+    ]
+    assert Drone.objects.get(pk=on_the_ground.pk).assigned_delivery_id is not None
+
+
+def test_grounding_and_releasing_read_in_words_and_name_the_operator(
+    admin_client: Client,
+) -> None:
+    from django.contrib.admin.models import LogEntry
+
+    first, second = make_fleet(2)
+
+    assert act(admin_client, "ground", first, second) == [
+        "2 drones grounded: never assigned until they are released; deliveries they held "
+        "before pickup look for other drones."
+    ]
+    assert act(admin_client, "return_to_service", first) == ["1 drone released back into service."]
+    assert act(admin_client, "return_to_service", first) == [
+        f"Drone {first.serial} not released: drone {first.serial} is idle, not grounded."
+    ]
+    history = LogEntry.objects.filter(object_id=str(first.pk)).order_by("action_time")
+    assert [(e.user.get_username(), e.change_message) for e in history] == [
+        ("admin", "Grounded."),
+        ("admin", "Released back into service."),
+    ]

@@ -20,6 +20,7 @@ from drones.services import (
     drone_state_set,
 )
 from portal.errors import NotFound, Unavailable, Unprocessable
+from tests.conftest import Tenant, make_fleet
 from tests.drones.fleet import HERE, START, base, drone, drone_model, offset
 
 pytestmark = pytest.mark.django_db
@@ -233,3 +234,27 @@ def test_seed_fleet_creates_drones_on_bases_and_can_run_again() -> None:
     assert all((d.lat, d.lon) == (d.base.lat, d.base.lon) for d in at_home)
     plan = reserve(uuid.uuid4())  # a seeded fleet is usable
     assert plan.drone_serial.startswith("FD-")
+
+
+def test_sending_home_is_refused_with_the_package_aboard_or_when_the_drone_is_lost(
+    tenant: Tenant,
+) -> None:
+    from deliveries.models import Delivery
+    from deliveries.services import delivery_assign, delivery_create
+    from tests.deliveries.test_services import request
+
+    make_fleet(1)
+    delivery = delivery_create(business_id=tenant.business.id, request=request())
+    assert delivery_assign(delivery_id=delivery.id).result == "assigned"
+    delivery.refresh_from_db()
+    assert delivery.drone_id is not None
+    Drone.objects.filter(pk=delivery.drone_id).update(state=Drone.State.FLYING)
+    Delivery.objects.filter(pk=delivery.id).update(status="en_route_to_dropoff")
+
+    with pytest.raises(services.NothingToSendHome, match=r"package of delivery .* aboard"):
+        services.drone_send_home(drone_id=delivery.drone_id)
+    Drone.objects.filter(pk=delivery.drone_id).update(state=Drone.State.LOST)
+    with pytest.raises(services.NothingToSendHome, match="is lost"):
+        services.drone_send_home(drone_id=delivery.drone_id)
+    assert Drone.objects.get(pk=delivery.drone_id).assigned_delivery_id == delivery.id
+    assert Delivery.objects.get(pk=delivery.id).status == "en_route_to_dropoff"
