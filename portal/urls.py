@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from deliveries import views as delivery_views
 from notifications import views as notification_views
-from portal import health, views
+from portal import health, views, webhook_views
 from portal.forms import EmailAuthenticationForm
 
 site = [
@@ -53,6 +53,18 @@ site = [
     path("deliveries/<str:delivery_id>/cancel", views.delivery_cancel, name="site-delivery-cancel"),
     path("business/keys", views.api_keys, name="site-keys"),
     path("business/keys/<str:prefix>/revoke", views.api_key_revoke_view, name="site-key-revoke"),
+    path("business/webhooks", webhook_views.webhooks, name="site-webhooks"),
+    path("business/webhooks/<str:endpoint_id>", webhook_views.webhook_detail, name="site-webhook"),
+    path(
+        "business/webhooks/<str:endpoint_id>/delete",
+        webhook_views.webhook_delete,
+        name="site-webhook-delete",
+    ),
+    path(
+        "business/webhooks/<str:endpoint_id>/messages/<str:message_id>/resend",
+        webhook_views.webhook_resend,
+        name="site-webhook-resend",
+    ),
 ]
 
 urlpatterns = [

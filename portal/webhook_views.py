@@ -1,0 +1,237 @@
+"""A business's webhook endpoints on the site: add, change, rotate the secret, delete, and every
+attempt to send an event, with a resend.
+
+Every write calls the webhooks services, as `/api/v1/webhooks` does, so the same rules hold
+(https only in production, no private addresses, known events); every read is scoped to the
+signed-in member's business, and another business's endpoint is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import OuterRef, Subquery
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from businesses.models import BusinessMember
+from portal import customers
+from portal.errors import DomainError, NotFound
+from portal.webhook_forms import EVENT_LABELS, WebhookEndpointForm, endpoint_initial
+from webhooks import services
+from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+
+ATTEMPTS_PAGE_SIZE = 25
+
+
+def _member_or_404(request: HttpRequest) -> BusinessMember:
+    member = customers.membership_of(request.user)
+    if member is None:
+        raise Http404("only business members manage webhooks")
+    return member
+
+
+def _endpoint_or_404(member: BusinessMember, endpoint_id: str) -> WebhookEndpoint:
+    try:
+        return services.webhook_endpoint_get(
+            business_id=member.business_id, endpoint_id=UUID(endpoint_id)
+        )
+    except (ValueError, NotFound):
+        raise Http404("no such webhook endpoint") from None
+
+
+def _state(endpoint: WebhookEndpoint) -> tuple[str, str]:
+    """(label, badge style) of an endpoint."""
+    if endpoint.disabled_at is not None:
+        return "Disabled", "failed"
+    if not endpoint.active:
+        return "Paused", "cancelled"
+    if endpoint.failing_since is not None:
+        return "Failing", "failed"
+    return "Active", "delivered"
+
+
+def _result(attempt: WebhookAttempt | None) -> dict[str, Any] | None:
+    """How an attempt went, in words: the receiver's HTTP status, or what kept us from it."""
+    if attempt is None:
+        return None
+    ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
+    if attempt.status_code is not None:
+        text = f"HTTP {attempt.status_code}"
+    else:
+        text = attempt.error or "No answer"
+    return {"ok": ok, "text": text, "attempt": attempt}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhooks(request: HttpRequest) -> HttpResponse:
+    """The business's endpoints, and a form to add one (its signing secret shown once)."""
+    member = _member_or_404(request)
+    form = WebhookEndpointForm(request.POST or None, initial={"active": True})
+    created = None
+    status = 200
+    if request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                created = services.webhook_endpoint_create(
+                    business_id=member.business_id,
+                    url=data["url"],
+                    events=data["events"],
+                    active=data["active"],
+                    description=data["description"],
+                )
+            except DomainError as exc:
+                form.add_service_error(exc)
+                status = 422
+            else:
+                form = WebhookEndpointForm(initial={"active": True})
+        else:
+            status = 422
+    last_attempt = (
+        WebhookAttempt.objects.filter(endpoint=OuterRef("pk")).order_by("-at", "-id").values("id")
+    )
+    endpoints = list(
+        WebhookEndpoint.objects.filter(business_id=member.business_id)
+        .annotate(last_attempt_id=Subquery(last_attempt[:1]))
+        .order_by("-created_at", "id")
+    )
+    attempts = WebhookAttempt.objects.in_bulk(
+        [e.last_attempt_id for e in endpoints if e.last_attempt_id is not None]
+    )
+    rows = [
+        {
+            "endpoint": e,
+            "state": _state(e),
+            "last": _result(attempts.get(e.last_attempt_id)),
+        }
+        for e in endpoints
+    ]
+    context = {
+        "nav": "webhooks",
+        "member": member,
+        "form": form,
+        "rows": rows,
+        "created": created,
+        "event_labels": EVENT_LABELS,
+    }
+    return render(request, "portal/webhooks.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
+    """One endpoint: change it (action=save), rotate its secret (action=rotate, the new one shown
+    once), and its attempts, newest first, each event with a resend."""
+    member = _member_or_404(request)
+    endpoint = _endpoint_or_404(member, endpoint_id)
+    action = request.POST.get("action", "save")
+    form = WebhookEndpointForm(
+        request.POST if request.method == "POST" and action == "save" else None,
+        initial=endpoint_initial(endpoint),
+    )
+    rotated = None
+    status = 200
+    if request.method == "POST" and action == "rotate":
+        rotated = services.webhook_endpoint_rotate(
+            business_id=member.business_id, endpoint_id=endpoint.pk
+        )
+        endpoint = rotated
+    elif request.method == "POST":
+        if form.is_valid():
+            data = form.cleaned_data
+            changes: dict[str, Any] = {
+                "events": data["events"],
+                "description": data["description"],
+                "active": data["active"],
+            }
+            # The URL is checked (resolved) only when it changes: pausing an endpoint must not
+            # fail because its host is down today.
+            if data["url"] != endpoint.url:
+                changes["url"] = data["url"]
+            was_disabled = endpoint.disabled_at is not None
+            try:
+                services.webhook_endpoint_update(
+                    business_id=member.business_id, endpoint_id=endpoint.pk, changes=changes
+                )
+            except DomainError as exc:
+                form.add_service_error(exc)
+                status = 422
+            else:
+                if was_disabled and data["active"]:
+                    messages.success(
+                        request, "The endpoint is active again: its waiting events are sent now."
+                    )
+                else:
+                    messages.success(request, "The endpoint is saved.")
+                return redirect("site-webhook", endpoint_id=endpoint.pk)
+        else:
+            status = 422
+    attempts = (
+        WebhookAttempt.objects.filter(endpoint=endpoint)
+        .select_related("message")
+        .order_by("-at", "-id")
+    )
+    page = Paginator(attempts, ATTEMPTS_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = []
+    resendable: set[str] = set()
+    for attempt in page.object_list:
+        # One Resend per event, on its newest attempt: a resend sends the event, not the attempt.
+        first_seen = attempt.message_id not in resendable
+        resendable.add(attempt.message_id)
+        rows.append({"attempt": attempt, "result": _result(attempt), "resend": first_seen})
+    waiting = WebhookMessage.objects.filter(
+        endpoint=endpoint, status=WebhookMessage.Status.PENDING
+    ).count()
+    context = {
+        "nav": "webhooks",
+        "member": member,
+        "endpoint": endpoint,
+        "state": _state(endpoint),
+        "form": form,
+        "rotated": rotated,
+        "page": page,
+        "rows": rows,
+        "waiting": waiting,
+        "confirm_delete": "delete" in request.GET,
+        "event_labels": EVENT_LABELS,
+    }
+    return render(request, "portal/webhook.html", context, status=status)
+
+
+@login_required
+@require_POST
+def webhook_delete(request: HttpRequest, endpoint_id: str) -> HttpResponseRedirect:
+    member = _member_or_404(request)
+    endpoint = _endpoint_or_404(member, endpoint_id)
+    services.webhook_endpoint_delete(business_id=member.business_id, endpoint_id=endpoint.pk)
+    messages.success(
+        request, f"The endpoint {endpoint.url} is deleted: no more events are sent to it."
+    )
+    return redirect("site-webhooks")
+
+
+@login_required
+@require_POST
+def webhook_resend(request: HttpRequest, endpoint_id: str, message_id: str) -> HttpResponseRedirect:
+    member = _member_or_404(request)
+    endpoint = _endpoint_or_404(member, endpoint_id)
+    try:
+        message = services.webhook_message_resend(
+            message_id=message_id, business_id=member.business_id, endpoint_id=endpoint.pk
+        )
+    except NotFound:
+        raise Http404("no such webhook message") from None
+    messages.success(
+        request,
+        f"The {message.type} event is queued to be sent again, with the same webhook-id; "
+        "its attempt shows here within a few seconds.",
+    )
+    return HttpResponseRedirect(reverse("site-webhook", kwargs={"endpoint_id": endpoint.pk}))
