@@ -1,4 +1,6 @@
-"""Demo data for `make run`: an operator, a business with a fresh API key, and a fleet."""
+"""Demo data for `make run`: an operator, a customer, a business with a member and a fresh API
+key, a fleet and two no-fly zones. Prints where to go and whom to sign in as, with the links on
+PUBLIC_BASE_URL (`make run` sets it to the port it serves on)."""
 
 from __future__ import annotations
 
@@ -9,17 +11,21 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 from django.utils import timezone
 
 from airspace.models import NoFlyZone
 from airspace.services import zones_import
-from businesses.models import Business
+from businesses.models import Business, BusinessMember
 from businesses.services import api_key_create, business_create
-from drones.models import Drone
+from drones.models import Base, Drone
 
 DEMO_USERNAME = "admin"
-DEMO_PASSWORD = "fabrikam-demo"  # noqa: S105 - a development-only account, refused without DEBUG
+DEMO_PASSWORD = "fabrikam-demo"  # noqa: S105 - development-only accounts, refused without DEBUG
 DEMO_BUSINESS = "Fabrikam Demo Business"
+# Site users sign in with their email address, which is also their username.
+DEMO_CUSTOMER = "customer@fabrikam.example"
+DEMO_MEMBER = "business@fabrikam.example"
 # The fleet flies around downtown Seattle.
 DEMO_FLEET = {"count": 150, "lat": 47.6062, "lon": -122.3321, "radius_km": 8.0}
 # Two no-fly zones over the stadiums south of downtown, so that some flights go around them.
@@ -57,14 +63,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.DEBUG:
             raise CommandError("load_demo sets a well-known password; it runs only with DEBUG=true")
-        user_model = get_user_model()
-        user, created = user_model.objects.get_or_create(
-            username=DEMO_USERNAME, defaults={"is_staff": True, "is_superuser": True}
-        )
-        if created:
-            user.set_password(DEMO_PASSWORD)
-            user.save(update_fields=["password"])
-        self.stdout.write(f"operator (Django admin): {DEMO_USERNAME} / {DEMO_PASSWORD}")
+        demo_user(DEMO_USERNAME, is_staff=True, is_superuser=True)
+        demo_user(DEMO_CUSTOMER, email=DEMO_CUSTOMER)
 
         # Keys are stored hashed and shown once, so each run makes a new one to print.
         business = Business.objects.filter(name=DEMO_BUSINESS).first()
@@ -74,10 +74,10 @@ class Command(BaseCommand):
             _, key = api_key_create(
                 business=business, name=f"make run {timezone.now():%Y-%m-%d %H:%M}"
             )
-        self.stdout.write(f"business API key ({DEMO_BUSINESS}): {key}")
+        member = demo_user(DEMO_MEMBER, email=DEMO_MEMBER)
+        BusinessMember.objects.get_or_create(user=member, defaults={"business": business})
 
         if not Drone.objects.exists():
-            out = StringIO()
             call_command(
                 "seed_fleet",
                 count=DEMO_FLEET["count"],
@@ -85,16 +85,47 @@ class Command(BaseCommand):
                 lon=DEMO_FLEET["lon"],
                 radius_km=DEMO_FLEET["radius_km"],
                 seed=1,
-                stdout=out,
+                stdout=StringIO(),
             )
-            self.stdout.write("demo fleet: " + out.getvalue().strip())
-        else:
-            count = Drone.objects.count()
-            self.stdout.write(
-                f"demo fleet: {count} drones around ({DEMO_FLEET['lat']}, {DEMO_FLEET['lon']})"
-            )
+        fleet = (
+            f"{Drone.objects.count()} drones at {Base.objects.count()} bases around "
+            f"({DEMO_FLEET['lat']}, {DEMO_FLEET['lon']})"
+        )
 
         if not NoFlyZone.objects.exists():
             zones_import(demo_zones())
         names = ", ".join(NoFlyZone.objects.filter(active=True).values_list("name", flat=True))
-        self.stdout.write(f"no-fly zones: {names or 'none'}")
+
+        login = link("login")
+        pages = [
+            ("Home", link("home"), ""),
+            ("Admin", link("admin:index"), f"{DEMO_USERNAME} / {DEMO_PASSWORD} (operator)"),
+            ("API docs", link("docs"), ""),
+            ("Customer login", login, f"{DEMO_CUSTOMER} / {DEMO_PASSWORD}"),
+            ("Business login", login, f"{DEMO_MEMBER} / {DEMO_PASSWORD} ({DEMO_BUSINESS})"),
+        ]
+        facts = [
+            ("API key", f"{key}  ({DEMO_BUSINESS}; a new key each run)"),
+            ("Demo fleet", fleet),
+            ("No-fly zones", names or "none"),
+        ]
+        width = max(len(url) for _, url, _ in pages)
+        for label, url, who in pages:
+            self.stdout.write(f"{label + ':':<16}{url:<{width}}  {who}".rstrip())
+        for label, value in facts:
+            self.stdout.write(f"{label + ':':<16}{value}")
+
+
+def demo_user(username: str, **fields: Any) -> Any:
+    """The demo account `username` with the demo password, made on the first run only (a password
+    changed since is kept)."""
+    user, created = get_user_model().objects.get_or_create(username=username, defaults=fields)
+    if created:
+        user.set_password(DEMO_PASSWORD)
+        user.save(update_fields=["password"])
+    return user
+
+
+def link(url_name: str) -> str:
+    """The absolute URL of a page, on the address the site is served at."""
+    return settings.PUBLIC_BASE_URL + reverse(url_name)
