@@ -20,6 +20,7 @@ install: $(VENV)/.installed
 # A plain command (no shell), so that make hands a SIGTERM straight to the supervisor.
 run: export DEBUG := true
 run: export WEB_PORT := $(PORT)
+run: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: install
 	$(PY) -m portal.localservices run -- $(PY) -m portal.devrun
 

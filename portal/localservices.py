@@ -29,6 +29,8 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVICES_FILE = BASE_DIR / ".local" / "services.env"
+# Besides the servers' URLs, what `manage.py` in another terminal must share with the run.
+SHARED = ("DEBUG", "PUBLIC_BASE_URL")
 
 
 class ServiceError(RuntimeError):
@@ -197,9 +199,10 @@ def run(command: list[str]) -> int:
 
     with local_services() as urls:
         SERVICES_FILE.parent.mkdir(exist_ok=True)
-        # `manage.py <command>` in another terminal runs as this run does: same servers, and
-        # the development mode `make run` sets (without it settings would ask for SECRET_KEY).
-        shared = {**urls, **({"DEBUG": os.environ["DEBUG"]} if "DEBUG" in os.environ else {})}
+        # `manage.py <command>` in another terminal runs as this run does: same servers, the
+        # development mode `make run` sets (without it settings would ask for SECRET_KEY), and
+        # the address it serves at (links in emails sent from there point at it).
+        shared = {**urls, **{name: os.environ[name] for name in SHARED if name in os.environ}}
         SERVICES_FILE.write_text("".join(f"{key}={value}\n" for key, value in shared.items()))
         print("local services: " + ", ".join(f"{k}={v}" for k, v in urls.items()), flush=True)
         try:

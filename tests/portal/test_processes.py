@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -21,6 +20,9 @@ from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, w
 
 pytestmark = pytest.mark.slow
 
+# The pages make run's summary names; each answers 200 once it is printed.
+PAGES = ("Home", "API docs", "Customer login")
+
 # What a fresh shell has: none of the URLs the test session set for itself.
 SESSION_ONLY = (
     "REDIS_URL",
@@ -31,6 +33,7 @@ SESSION_ONLY = (
     "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE",
     "SECURE_SSL_REDIRECT",
     "DJANGO_SETTINGS_MODULE",
+    "PUBLIC_BASE_URL",
     "MAKEFLAGS",
     "MAKELEVEL",
     "MFLAGS",
@@ -98,6 +101,15 @@ def test_local_services_runner_starts_and_stops_redis_and_mongodb(tmp_path: Path
             ping(name, url)
 
 
+def summary_of(log: Path) -> dict[str, list[str]]:
+    """The block make run prints once every process answers: label -> words after it."""
+    text = log.read_text()
+    assert text.count("Fabrikam Drone Delivery is up: every process answers.") == 1, text
+    block = text.split("every process answers.", 1)[1].split("\n\n", 2)[1]
+    rows = (line.strip().split(":", 1) for line in block.splitlines())
+    return {label: rest.split() for label, rest in rows}
+
+
 def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "make-run.log"
@@ -114,11 +126,22 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
     tree: dict[int, psutil.Process] = {}
     try:
         wait_for(
-            lambda: http_status(f"http://127.0.0.1:{port}/healthz/ready") == 200,
-            timeout=120,
-            what=f"make run ready on port {port} (log: {log})",
+            lambda: "every process answers" in log.read_text(),
+            timeout=180,
+            what=f"make run's summary, every process up on port {port} (log: {log})",
         )
         elapsed = time.monotonic() - started
+        # Printed once every process answers: no URL of the summary is a refused connection.
+        base = f"http://127.0.0.1:{port}"
+        summary = summary_of(log)
+        assert summary["Home"] == [f"{base}/"]
+        assert summary["Admin"][:4] == [f"{base}/admin/", "admin", "/", "fabrikam-demo"]
+        assert summary["API docs"] == [f"{base}/api/v1/docs/"]
+        assert summary["Customer login"][1:4] == ["customer@fabrikam.example", "/", "fabrikam-demo"]
+        assert summary["Business login"][1:4] == ["business@fabrikam.example", "/", "fabrikam-demo"]
+        assert summary["Live feeds"] == [f"http://127.0.0.1:{port + 1}/live/"]
+        for url in (base + "/healthz/ready", *(summary[page][0] for page in PAGES)):
+            assert http_status(url) == 200, url
         for child in psutil.Process(make.pid).children(recursive=True):
             tree[child.pid] = child
         names = " ".join(" ".join(p.cmdline()) for p in tree.values())
@@ -132,22 +155,40 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
             assert expected in names, f"{expected} is not running under make run"
 
         # Another terminal, as the README has it (nothing exported): manage.py talks to the
-        # same services, and runs in make run's development mode, from .local/services.env.
+        # same services, runs in make run's development mode and links to make run's port,
+        # from .local/services.env.
         shell = subprocess.run(
             [PYTHON, "manage.py", "shell", "-c",
-             "from django.conf import settings; print(settings.REDIS_URL)"],
+             "from django.conf import settings; "
+             "print(settings.REDIS_URL, settings.DEBUG, settings.PUBLIC_BASE_URL)"],
             cwd=BASE_DIR, env=fresh_env(),
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
+        assert shell.returncode == 0, shell.stderr
+        redis_url, debug, public_base_url = shell.stdout.strip().splitlines()[-1].split()
         services = (BASE_DIR / ".local" / "services.env").read_text()
-        assert f"REDIS_URL={shell.stdout.strip().splitlines()[-1]}" in services
+        assert f"REDIS_URL={redis_url}" in services
+        assert (debug, public_base_url) == ("True", base)
 
-        assert http_status(f"http://127.0.0.1:{port}/admin/login/") == 200
+        # The printed operator signs in to the admin.
+        admin = requests.Session()
+        login_page = admin.get(f"{base}/admin/login/", timeout=10)
+        assert login_page.status_code == 200
+        signed_in = admin.post(
+            f"{base}/admin/login/?next=/admin/",
+            data={
+                "username": summary["Admin"][1],
+                "password": summary["Admin"][3],
+                "csrfmiddlewaretoken": admin.cookies["csrftoken"],
+                "next": "/admin/",
+            },
+            headers={"Referer": f"{base}/admin/login/"},
+            timeout=10,
+        )
+        assert signed_in.url == f"{base}/admin/", signed_in.text
 
         # The whole system works: a delivery through the printed demo key gets a drone.
-        key = re.search(r"business API key \(.*\): (\S+)", log.read_text())
-        assert key, log.read_text()
-        headers = {"Authorization": f"Api-Key {key.group(1)}"}
+        headers = {"Authorization": f"Api-Key {summary['API key'][0]}"}
         created = requests.post(
             f"http://127.0.0.1:{port}/api/v1/deliveries",
             json={
@@ -159,6 +200,8 @@ def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None
             timeout=10,
         )
         assert created.status_code == 202, created.text
+        # Its tracking link points at the port make run serves on.
+        assert created.json()["tracking_url"].startswith(f"{base}/track/")
         status_url = f"http://127.0.0.1:{port}{created.headers['Location']}/status"
         wait_for(
             lambda: (
