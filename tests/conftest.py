@@ -18,6 +18,8 @@ from drones.models import Base, Drone, DroneModel
 from portal.localservices import free_port
 from tests.support import celery_worker
 
+pytest_plugins = ["tests.browser_check"]  # no chromium, no quiet skip: the run stops saying why
+
 # The demo area of the tests: central Seattle.
 CENTER = Point(lat=47.6062, lon=-122.3321)
 
