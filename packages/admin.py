@@ -27,6 +27,7 @@ PAGE_SIZE = 50
 PERMISSION = "deliveries.view_delivery"
 # The columns of the list, in order; a document's page shows every field it has.
 COLUMNS = ("_id", "tag", "size", "weight_kg", "business_id", "delivery_id", "created_at")
+TITLES = ("id", "tag", "size", "weight (kg)", "business", "delivery", "created at")
 
 
 def _page(*, after: str | None, limit: int) -> list[dict[str, Any]]:
@@ -114,7 +115,7 @@ def package_list(request: HttpRequest) -> HttpResponse:
     context = _context(
         request,
         "Packages",
-        columns=[c.removeprefix("_").replace("_", " ") for c in COLUMNS],
+        columns=TITLES,
         rows=_rows(documents),
         q=term,
         searched=searched,
