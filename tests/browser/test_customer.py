@@ -178,6 +178,12 @@ def test_the_public_link_shows_that_delivery_and_nothing_else(site: Site) -> Non
     page = site.visitor()  # the recipient: no account, no login
     response = page.goto(f"/track/{shared.tracking_token}")
     assert response is not None and response.status == 200
+    # Under a policy that runs no inline script (the page's scripts are files).
+    policy = dict(
+        directive.strip().split(" ", 1)
+        for directive in response.headers["content-security-policy"].split(";")
+    )
+    assert "'unsafe-inline'" not in policy["script-src"]
     expect(page.locator("#stage")).to_have_text("On its way to you")
     expect(page.locator("#tracking")).to_contain_text("Space Needle")
     html = page.content()
