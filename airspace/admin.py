@@ -262,17 +262,18 @@ class NoFlyZoneAdmin(admin.ModelAdmin):
         # A zone being added has no history yet.
         return self.fieldsets if obj is not None else self.fieldsets[:-1]
 
-    @admin.display(description=f"window ({settings.TIME_ZONE})")
+    @admin.display(description="window")
     def window(self, zone: NoFlyZone) -> str:
+        """In the zone admin pages show times in (SITE_TIME_ZONE), named."""
         start, end = zone.valid_from, zone.valid_until
         if start and end:
             start, end = timezone.localtime(start), timezone.localtime(end)
             until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
-            return f"{start:%Y-%m-%d %H:%M} to {until}"
+            return f"{start:%Y-%m-%d %H:%M} to {until} {end:%Z}"
         if start:
-            return f"from {timezone.localtime(start):%Y-%m-%d %H:%M}"
+            return f"from {timezone.localtime(start):%Y-%m-%d %H:%M %Z}"
         if end:
-            return f"until {timezone.localtime(end):%Y-%m-%d %H:%M}"
+            return f"until {timezone.localtime(end):%Y-%m-%d %H:%M %Z}"
         return "always"
 
     @admin.display(description="in force now", boolean=True)

@@ -63,7 +63,8 @@ def test_operators_see_zones_with_reason_state_and_window(admin_client: Client) 
     body = page.content.decode()
     assert "Lumen Field" in body and "Marathon" in body
     assert "Temporary Flight Restriction" in body
-    assert "2026-05-01 08:00 to 14:00" in body
+    # Admin shows times in the service area's zone (Seattle: UTC-7 in May), named.
+    assert "2026-05-01 01:00 to 07:00 PDT" in body
     assert "always" in body
     assert IMPORT in body  # the "Import GeoJSON" button
 
@@ -105,8 +106,9 @@ def test_an_operator_draws_a_zone_on_the_map(admin_client: Client) -> None:
     zone = NoFlyZone.objects.get(name="Lumen Field")
     # One shape drawn: a Polygon, not a MultiPolygon of one.
     assert zone.geometry == square(-122.332, 47.594, 0.005)
-    assert zone.valid_from == datetime(2026, 5, 1, 17, tzinfo=UTC)
-    assert zone.valid_until == datetime(2026, 5, 1, 23, 30, tzinfo=UTC)
+    # Typed in the service area's zone (UTC-7 in May).
+    assert zone.valid_from == datetime(2026, 5, 2, 0, tzinfo=UTC)
+    assert zone.valid_until == datetime(2026, 5, 2, 6, 30, tzinfo=UTC)
     assert response["Location"] == CHANGELIST
 
     two = admin_client.post(
