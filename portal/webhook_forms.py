@@ -34,7 +34,11 @@ class WebhookEndpointForm(forms.Form):
         assume_scheme="https",
         help_text="Where we POST the events, e.g. https://example.com/hooks/fabrikam.",
         error_messages={"invalid": "Enter a whole web address, such as https://example.com/hooks."},
-        widget=forms.URLInput(attrs={"inputmode": "url", "autocomplete": "url"}),
+        # A text input keyed for URLs: the site's styles cover text inputs, and the browser's
+        # own URL check would stand in the way of the plain-words errors next to the field.
+        widget=forms.TextInput(
+            attrs={"inputmode": "url", "autocapitalize": "none", "spellcheck": "false"}
+        ),
     )
     events = forms.MultipleChoiceField(
         label="Events",

@@ -57,16 +57,43 @@ def _state(endpoint: WebhookEndpoint) -> tuple[str, str]:
     return "Active", "delivered"
 
 
+# What kept an attempt from an answer (the sender records the kind of error only, since its text
+# may carry the URL), in a business's words.
+ERROR_WORDS = {
+    "NameResolutionError": "Your host's name could not be found.",
+    "NewConnectionError": "Nothing accepted the connection at that address and port.",
+    "ConnectTimeoutError": "The connection was not accepted in time.",
+    "ReadTimeoutError": "Your receiver did not answer in time.",
+    "TimeoutError": "Your receiver did not answer in time.",
+    "SSLError": "The secure connection failed: is the certificate valid for this host?",
+    "ProtocolError": "The connection was closed before an answer came.",
+}
+
+
 def _result(attempt: WebhookAttempt | None) -> dict[str, Any] | None:
-    """How an attempt went, in words: the receiver's HTTP status, or what kept us from it."""
+    """How an attempt went: the receiver's HTTP status, or what kept us from one, in words."""
     if attempt is None:
         return None
-    ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
-    if attempt.status_code is not None:
-        text = f"HTTP {attempt.status_code}"
-    else:
-        text = attempt.error or "No answer"
-    return {"ok": ok, "text": text, "attempt": attempt}
+    code, at = attempt.status_code, attempt.at
+    if code is not None:
+        return {"ok": 200 <= code < 300, "label": f"HTTP {code}", "words": "", "kind": "", "at": at}
+    error = attempt.error
+    if error.startswith("refused: "):
+        reason = error.removeprefix("refused: ")
+        return {
+            "ok": False,
+            "label": "Not sent",
+            "words": reason[:1].upper() + reason[1:] + ".",
+            "kind": "",
+            "at": at,
+        }
+    return {
+        "ok": False,
+        "label": "No answer",
+        "words": ERROR_WORDS.get(error, ""),
+        "kind": error,
+        "at": at,
+    }
 
 
 @login_required

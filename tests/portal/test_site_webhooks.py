@@ -315,6 +315,7 @@ def test_an_attempt_that_got_no_answer_shows_the_error(tenant: Tenant) -> None:
     page = member.get(detail_url(endpoint)).content.decode()
     table = page.split('id="webhook-attempts"', 1)[1]
     assert "No answer" in table
+    assert "Nothing accepted the connection at that address and port." in table
     assert "Failing" in page
 
 
