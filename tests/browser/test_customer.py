@@ -97,6 +97,9 @@ def test_a_customer_signs_up_schedules_on_the_map_and_watches_the_drone_deliver(
         expect(page.locator("#id_package_weight_kg_error")).to_contain_text(
             "No drone can carry 40 kg"
         )
+        # And said at the top, linked to the field, for a phone whose screen ends far above it.
+        summary = page.locator(".form-errors a[href='#id_package_weight_kg']")
+        expect(summary).to_contain_text("No drone can carry 40 kg")
         # The places chosen on the map are kept.
         expect(page.locator("[name=dropoff_lat]")).not_to_have_value("")
         site.shoot(page, "schedule-error", again=False)
