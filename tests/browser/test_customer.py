@@ -17,7 +17,7 @@ from deliveries.models import Delivery
 from portal import customers
 from tests.browser.conftest import Site
 from tests.conftest import MailSink, make_fleet, worker_env
-from tests.deliveries.test_fleet_end_to_end import fleet_simulator
+from tests.deliveries.test_fleet_end_to_end import STAGES, fleet_simulator
 from tests.support import celery_worker
 
 pytestmark = pytest.mark.browser
@@ -127,12 +127,17 @@ def test_a_customer_signs_up_schedules_on_the_map_and_watches_the_drone_deliver(
         # (The worker may still be starting on a loaded machine: give the first stages time.)
         in_flight = re.compile("en_route_to_pickup|at_pickup|en_route_to_dropoff|at_dropoff")
         expect(stage).to_have_attribute("data-status", in_flight, timeout=45_000)
-        # In flight: the arrival time.
+        # In flight: the drone on the map, the arrival time, the stages so far.
+        expect(page.locator("#track-map .pin-drone")).to_be_visible()
         expect(page.locator("#dropoff-eta time")).to_have_text(re.compile(r"\d\d:\d\d"))
+        expect(page.locator("#timeline li[data-status=assigned]")).to_have_count(1)
         site.shoot(page, "track-flying")
 
         expect(stage).to_have_attribute("data-status", "delivered", timeout=60_000)
         expect(stage).to_have_text("Delivered")
+        timeline = page.locator("#timeline li[data-status]")
+        expect(timeline).to_have_count(len(STAGES))
+        assert [li.get_attribute("data-status") for li in timeline.all()] == STAGES
         expect(page.locator("#dropoff-eta")).to_be_hidden()
 
         # The page followed the flight by itself: the same document all along, several stages.
@@ -188,12 +193,13 @@ def test_the_public_link_shows_that_delivery_and_nothing_else(site: Site) -> Non
     )
     assert "'unsafe-inline'" not in policy["script-src"]
     expect(page.locator("#stage")).to_have_text("On its way to you")
-    expect(page.locator("#tracking")).to_contain_text("Space Needle")
+    expect(page.locator("#dropoff-place")).to_contain_text("Space Needle")
     html = page.content()
     for private in ("ada@example.com", "Secret Garden", "Mallory", str(shared.id)):
         assert private not in html, private
     expect(page.locator("a[href^='/deliveries']")).to_have_count(0)
     expect(page.get_by_role("link", name="My deliveries")).to_have_count(0)
+    expect(page.get_by_role("link", name="Log in")).to_be_visible()
 
     # A failure shows in a customer's words, never the internal error behind it.
     page.goto(f"/track/{failed.tracking_token}")
