@@ -198,7 +198,9 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
                     )
                 else:
                     messages.success(request, "The endpoint is saved.")
-                return redirect("site-webhook", endpoint_id=endpoint.pk)
+                # To the top, where the message is (the browser would return to the button).
+                url = reverse("site-webhook", kwargs={"endpoint_id": endpoint.pk})
+                return HttpResponseRedirect(f"{url}#content")
         else:
             status = 422
     attempts = (
@@ -217,10 +219,13 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
     waiting = WebhookMessage.objects.filter(
         endpoint=endpoint, status=WebhookMessage.Status.PENDING
     ).count()
+    resent_id = request.GET.get("resent", "")
+    resent = WebhookMessage.objects.filter(endpoint=endpoint, pk=resent_id).first()
     context = {
         "nav": "webhooks",
         "member": member,
         "endpoint": endpoint,
+        "resent": resent,
         "state": _state(endpoint),
         "form": form,
         "rotated": rotated,
@@ -256,9 +261,7 @@ def webhook_resend(request: HttpRequest, endpoint_id: str, message_id: str) -> H
         )
     except NotFound:
         raise Http404("no such webhook message") from None
-    messages.success(
-        request,
-        f"The {message.type} event is queued to be sent again, with the same webhook-id; "
-        "its attempt shows here within a few seconds.",
-    )
-    return HttpResponseRedirect(reverse("site-webhook", kwargs={"endpoint_id": endpoint.pk}))
+    # Told beside the attempts, where the button was (a browser returns to the same scroll
+    # position, so a message at the top of the page would go unseen).
+    url = reverse("site-webhook", kwargs={"endpoint_id": endpoint.pk})
+    return HttpResponseRedirect(f"{url}?resent={message.pk}#attempts")

@@ -298,10 +298,13 @@ def test_every_attempt_shows_with_its_time_status_latency_and_a_resend(
 
     resent = member.post(resend_url)
     assert resent.status_code == 302
-    assert "queued to be sent again" in member.get(resent["Location"]).content.decode()
+    assert resent["Location"].endswith(f"?resent={message.pk}#attempts")
+    told = member.get(resent["Location"]).content.decode()
+    assert "event is queued to be sent again" in told.split('id="attempts"', 1)[1]
     services.webhooks_dispatch(rounds=3)
     assert [r.webhook_id for r in receiver.received] == [message.pk] * 3
     assert WebhookAttempt.objects.count() == 3
+    assert "event was sent again" in member.get(resent["Location"]).content.decode()
 
 
 def test_an_attempt_that_got_no_answer_shows_the_error(tenant: Tenant) -> None:
