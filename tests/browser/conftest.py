@@ -44,10 +44,11 @@ TILE_HOST = "tile.openstreetmap.org"
 TIMEOUT_MS = 15_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    # Playwright's sync API keeps an event loop on this thread; Django would take the test's
-    # own ORM calls for calls from async code without this (the server threads are unaffected).
+    # Playwright's sync API keeps an event loop running on this thread; Django would take the
+    # test's own ORM calls for calls from async code without this (the server threads are
+    # unaffected). Per module, so that neither outlives the browser tests into other tests.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
         with sync_playwright() as playwright:
