@@ -5,9 +5,10 @@ tracking pages' live feed is the Procfile's `live` process (uvicorn) on a port o
 the pages are told through LIVE_BASE_URL, as `make run` tells them. Map tiles are refused at the
 browser, as on a machine without the internet: the pages must work without them.
 
-Every page a test opens is watched: a Content Security Policy violation or an uncaught script
-error fails the test. `Site.shoot` saves a page at desktop and phone widths into
-.local/screenshots/ for people to look at.
+Every page a test opens is watched: a Content Security Policy violation, an uncaught script
+error or any other console error (the refused tiles and a form's own 422 aside) fails the test.
+`Site.shoot` saves a page at desktop and phone widths into .local/screenshots/ for people to
+look at.
 """
 
 from __future__ import annotations
