@@ -17,6 +17,7 @@ from django.utils import timezone
 from deliveries import announce, live
 from deliveries.models import Delivery, DeliveryEvent
 from drones.services import drone_release
+from portal import metrics, telemetry
 from portal.db import insert
 from portal.errors import Conflict
 
@@ -112,7 +113,12 @@ def delivery_move(
     if to in FINISHED:
         fields["book_at"] = None
     fields.update(changes or {})
-    with transaction.atomic():
+    with (
+        telemetry.linked(
+            "delivery.stage_change", delivery, stage_from=delivery.status, stage_to=to
+        ),
+        transaction.atomic(),
+    ):
         swapped = Delivery.objects.filter(
             pk=delivery.pk, status=delivery.status, version=delivery.version
         ).update(**fields)
@@ -126,6 +132,8 @@ def delivery_move(
             setattr(delivery, name, value)
         announce.stage_changed(delivery, previous=previous, at=at or now)
         live.status_write(delivery, drone_location=location or position, at=at or now)
+        # Counted when it is for real: the caller's transaction may still roll it back.
+        transaction.on_commit(lambda: metrics.DELIVERY_STAGE_CHANGES.inc(stage=to))
     return delivery
 
 

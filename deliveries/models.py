@@ -109,6 +109,9 @@ class Delivery(models.Model):
     attention = models.CharField(max_length=200, blank=True)
 
     tracking_token = models.CharField(max_length=64, unique=True, default=tracking_token)
+    # The W3C traceparent of the request that created it (empty when not traced): the sweeper,
+    # the booking and telemetry continue or link to that trace (portal/telemetry.py).
+    traceparent = models.CharField(max_length=55, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -200,6 +203,8 @@ class OutboxMessage(models.Model):
     published_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.CharField(max_length=300, blank=True)
+    # The trace it was first published in: the relay publishes it again inside that trace.
+    traceparent = models.CharField(max_length=55, blank=True, editable=False)
 
     class Meta:
         ordering = ["created_at"]

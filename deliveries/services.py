@@ -37,6 +37,7 @@ from drones.geo import Point, distance_km
 from drones.routes import LegRouter, Router, route_json, router_for
 from drones.selectors import delivery_impossible_reason, drone_plan_best
 from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
+from portal import metrics, telemetry
 from portal.db import execute, prepare_insert
 from portal.errors import Conflict, NotFound, Unprocessable
 
@@ -312,6 +313,7 @@ def delivery_create(
         price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
         book_at=booking_time(request.pickup_time, now=now),
         route={"to_dropoff": route_json(route)},
+        traceparent=telemetry.traceparent(),
     )
     rows = prepare_insert(
         delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
@@ -320,6 +322,8 @@ def delivery_create(
         execute(rows)
         if delivery.book_at is None:
             _workflow_enqueue(delivery_id=delivery.id)
+    telemetry.annotate(delivery_id=delivery.id, business_id=business_id)
+    metrics.DELIVERY_STAGE_CHANGES.inc(stage=Status.REQUESTED)
     return delivery
 
 
@@ -339,21 +343,23 @@ def deliveries_book_due(*, batch: int = 500) -> int:
     now = timezone.now()
     due = list(
         Delivery.objects.filter(status=Status.REQUESTED, book_at__lte=now).values_list(
-            "id", "attempts"
+            "id", "attempts", "traceparent"
         )[:batch]
     )
     started = 0
-    for delivery_id, attempts in due:
+    for delivery_id, attempts, traceparent in due:
         with transaction.atomic():
             if Delivery.objects.filter(
                 pk=delivery_id, status=Status.REQUESTED, book_at__lte=now
             ).update(book_at=None, next_attempt_at=None):
-                _workflow_enqueue(delivery_id=delivery_id, attempt=attempts)
+                _workflow_enqueue(
+                    delivery_id=delivery_id, attempt=attempts, traceparent=traceparent
+                )
                 started += 1
     return started
 
 
-def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
+def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0, traceparent: str = "") -> None:
     """In the caller's transaction: publish the workflow message once the transaction commits.
 
     The committed delivery row is the outbox record: a delivery in `requested` whose next
@@ -361,11 +367,19 @@ def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0) -> None:
     and publish loses nothing. A publish the broker refuses is stored as an OutboxMessage for
     the relay, which tries again within seconds rather than the sweeper's minutes. The usual
     case so costs no write beyond the delivery and its event.
+
+    `traceparent`: the trace of the request that created the delivery, for a message published
+    later on its behalf (booking, sweeper), which then continues that trace.
     """
     payload = {"delivery_id": str(delivery_id), "attempt": attempt}
+
+    def publish() -> None:
+        with telemetry.continued(traceparent, "delivery.publish", delivery_id=delivery_id):
+            outbox_publish(task=WORKFLOW_TASK, payload=payload)
+
     # robust: the request is committed and answered 202 whatever happens here; outbox_publish
     # handles the broker, and a database failure after commit is left to the sweeper.
-    transaction.on_commit(lambda: outbox_publish(task=WORKFLOW_TASK, payload=payload), robust=True)
+    transaction.on_commit(publish, robust=True)
 
 
 def outbox_publish(*, task: str, payload: dict[str, Any], message_id: UUID | None = None) -> bool:
@@ -380,7 +394,13 @@ def outbox_publish(*, task: str, payload: dict[str, Any], message_id: UUID | Non
         logger.warning("%s %s not published, the relay will retry: %s", task, payload, exc)
         error = f"{type(exc).__name__}: {exc}"[:300]
         if message_id is None:
-            OutboxMessage.objects.create(task=task, payload=payload, attempts=1, last_error=error)
+            OutboxMessage.objects.create(
+                task=task,
+                payload=payload,
+                attempts=1,
+                last_error=error,
+                traceparent=telemetry.traceparent(),
+            )
         else:
             OutboxMessage.objects.filter(pk=message_id).update(
                 attempts=F("attempts") + 1, last_error=error
@@ -397,13 +417,18 @@ def outbox_relay(*, older_than_seconds: float = 5.0, batch: int = 500) -> int:
     pending = list(
         OutboxMessage.objects.filter(published_at__isnull=True, created_at__lt=cutoff)
         .order_by("created_at")
-        .values("id", "task", "payload")[:batch]
+        .values("id", "task", "payload", "traceparent")[:batch]
     )
     published = 0
     for message in pending:
-        if outbox_publish(
-            task=message["task"], payload=message["payload"], message_id=message["id"]
+        # Inside the trace the message was first published in, not the relay's own.
+        with telemetry.continued(
+            message["traceparent"], "outbox.relay", outbox_message_id=message["id"]
         ):
+            sent = outbox_publish(
+                task=message["task"], payload=message["payload"], message_id=message["id"]
+            )
+        if sent:
             published += 1
         else:
             break  # the broker is still down; try again next round
@@ -428,15 +453,17 @@ def deliveries_sweep(*, grace: timedelta = timedelta(seconds=120)) -> int:
     # starts it.
     stuck = Delivery.objects.filter(
         overdue, status=Status.REQUESTED, book_at__isnull=True
-    ).values_list("id", "attempts")[:500]
+    ).values_list("id", "attempts", "traceparent")[:500]
     count = 0
-    for delivery_id, attempts in stuck:
+    for delivery_id, attempts, traceparent in stuck:
         with transaction.atomic():
             updated = Delivery.objects.filter(
                 pk=delivery_id, status=Status.REQUESTED, attempts=attempts
             ).update(next_attempt_at=now + grace)
             if updated:
-                _workflow_enqueue(delivery_id=delivery_id, attempt=attempts)
+                _workflow_enqueue(
+                    delivery_id=delivery_id, attempt=attempts, traceparent=traceparent
+                )
                 count += 1
     return count
 

@@ -43,6 +43,8 @@ from drones import flight
 from drones.geo import Point
 from drones.models import Drone
 from drones.routes import PLAN_WINDOW, route_json, route_points, router_for
+from portal import metrics
+from portal import telemetry as tracing
 from portal.errors import Conflict, NotFound
 from portal.timefmt import iso
 
@@ -169,6 +171,7 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
         else:
             mine[report.drone].append((index, report))
     if not mine:
+        _count(outcome)
         return outcome
 
     flying = [drones[serial] for serial in mine]
@@ -189,6 +192,8 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
         delivery = (
             deliveries.get(drone.assigned_delivery_id) if drone.assigned_delivery_id else None
         )
+        if delivery is not None:
+            tracing.link_delivery(delivery)  # the report belongs to that delivery's trace
         applied: Report | None = None
         write_db = False
         for index, report in sorted(mine[drone.serial], key=lambda item: item[1].time):
@@ -249,7 +254,16 @@ def telemetry_apply(*, reporter: Reporter, reports: list[tuple[int, Report]]) ->
     pipeline.execute()
     live.statuses_write(live_writes)
     outcome.results.sort(key=lambda item: item.index)
+    _count(outcome)
     return outcome
+
+
+def _count(outcome: BatchOutcome) -> None:
+    counts: dict[str, int] = defaultdict(int)
+    for item in outcome.results:
+        counts[item.result] += 1
+    for result, n in counts.items():
+        metrics.TELEMETRY_REPORTS.inc(n, result=result)
 
 
 def _next_last(last: _Last | None, report: Report) -> _Last:

@@ -12,10 +12,17 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import django
 from asgiref.sync import ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+django.setup(set_prefix=False)
+
+from portal.telemetry import configure_telemetry  # noqa: E402 - needs settings loaded
+
+# Before the handler loads its middleware: the Django instrumentation adds one of its own.
+configure_telemetry(service_name="fabrikam-live")
 
 django_application = get_asgi_application()
 sync_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-sync")
@@ -27,8 +34,3 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     async with ThreadSensitiveContext(executor=sync_thread):
         await django_application(scope, receive, send)
-
-
-from portal.telemetry import configure_telemetry  # noqa: E402 - needs settings loaded
-
-configure_telemetry(service_name="fabrikam-live")

@@ -94,8 +94,30 @@ def send_task(name: str, kwargs: dict[str, Any]) -> None:
             amqp.send_task_message(
                 held.producer, name, message, retry=False, declare=[] if held.declared else None
             )
-        except Exception:
+        except Exception as exc:
             _held = None
             held.producer.release()
+            _publish_failed(name, message, exc)
             raise
         held.declared = True
+
+
+def _publish_failed(name: str, message: Any, exc: Exception) -> None:
+    """Close what `before_task_publish` opened for a message that never left: Celery sends
+    `after_task_publish` only after a send that worked, and without it the tracing's producer
+    span would stay open (never exported) and current for the rest of the request."""
+    from celery import signals
+
+    from portal import telemetry
+
+    if not telemetry.enabled():
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording() and getattr(span, "name", "").startswith("apply_async/"):
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+    signals.after_task_publish.send(
+        sender=name, body=message.body, headers=message.headers, exchange="", routing_key=""
+    )

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import beat_init, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    beat_init,
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -65,6 +75,27 @@ def _close_old_connections(sender: Any = None, **_: Any) -> None:
     close_old_connections()
 
 
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Django's LOGGING (JSON lines with trace ids, secrets redacted) instead of Celery's own."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+@worker_init.connect
+def _worker_metrics(**_: Any) -> None:
+    """In the worker's main process, before the pool forks: /metrics for the whole pod."""
+    from django.conf import settings
+
+    from portal import metrics
+
+    metrics.multiprocess_reset()
+    metrics.serve(settings.METRICS_PORT)
+
+
 @worker_process_init.connect
 def _worker_telemetry(**_: Any) -> None:
     from portal.telemetry import configure_telemetry
@@ -72,8 +103,45 @@ def _worker_telemetry(**_: Any) -> None:
     configure_telemetry(service_name="fabrikam-worker")
 
 
+@worker_process_shutdown.connect
+def _worker_process_gone(pid: int | None = None, **_: Any) -> None:
+    from portal import metrics
+
+    metrics.child_exited(pid or os.getpid())
+
+
 @beat_init.connect
 def _beat_telemetry(**_: Any) -> None:
+    from django.conf import settings
+
+    from portal import metrics
     from portal.telemetry import configure_telemetry
 
-    configure_telemetry(service_name="fabrikam-beat")
+    if configure_telemetry(service_name="fabrikam-beat"):
+        # Beat runs once per cluster: the only process that exports the database's gauges.
+        metrics.observe_database_gauges()
+    metrics.serve(settings.METRICS_PORT)
+
+
+@before_task_publish.connect
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """When the message left, for the queue wait a worker measures."""
+    if headers is not None:
+        headers.setdefault("fabrikam_sent_at", time.time())
+
+
+@task_prerun.connect
+def _queue_wait(task: Any = None, **_: Any) -> None:
+    request = getattr(task, "request", None)
+    sent_at = getattr(request, "fabrikam_sent_at", None)
+    if request is None or sent_at is None or getattr(request, "is_eager", False):
+        return
+    from portal import metrics
+
+    ready_at = float(sent_at)
+    if request.eta:
+        # A countdown's message waits on purpose until then; only the rest is queueing.
+        from datetime import datetime
+
+        ready_at = max(ready_at, datetime.fromisoformat(str(request.eta)).timestamp())
+    metrics.TASK_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - ready_at), task=task.name)

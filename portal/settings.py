@@ -134,6 +134,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: the access log's latency covers every other middleware; /metrics is answered
+    # before the host check and the HTTPS redirect (scrapers reach pods by IP, over HTTP).
+    "portal.logs.AccessLogMiddleware",
+    "portal.metrics.MetricsEndpointMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -451,19 +455,42 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO") or "INFO"
+# json (the default): one JSON object a line with the trace and span ids, for the cluster's log
+# collector; text: plain lines for a terminal (`make run` sets it). portal/logs.py.
+LOG_FORMAT = (envstr("LOG_FORMAT") or "json").lower()
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    "filters": {
+        "trace": {"()": "portal.logs.TraceContext"},
+        "redact": {"()": "portal.logs.RedactSecrets"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "line": {"()": "portal.logs.JsonFormatter"}
+        if LOG_FORMAT == "json"
+        else {
+            "()": "portal.logs.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "filters": ["redact", "trace"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "azure": {"level": "WARNING"},
     },
 }
+# Workers, beat and the simulator serve /metrics on this port (0: not at all); web and live
+# serve it on their own port. PROMETHEUS_MULTIPROC_DIR: portal/metrics.py.
+METRICS_PORT = envint("METRICS_PORT", 0)
 
 
 # --- Airspace: the no-fly zone map in admin ---------------------------------------------------

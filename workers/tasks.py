@@ -17,6 +17,7 @@ from deliveries.models import Delivery
 from drones import telemetry
 from notifications import services as notifications
 from packages.services import package_upsert
+from portal import telemetry as tracing
 from webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
@@ -57,22 +58,36 @@ def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
 def _delivery_process(delivery_id: UUID, attempt: int) -> str:
     # get() rather than first(), which orders by the model's ordering: compiling that ORDER BY
     # cost as much as the rest of the read.
+    tracing.annotate(delivery_id=delivery_id, attempt=attempt)
     try:
-        delivery = Delivery.objects.get(pk=delivery_id)
+        with tracing.step("load", delivery_id=delivery_id):
+            delivery = Delivery.objects.get(pk=delivery_id)
     except Delivery.DoesNotExist:
         return "gone"
+    tracing.annotate(business_id=delivery.business_id)
     if delivery.status == Delivery.Status.REQUESTED:
-        package_upsert(
-            package_id=delivery.package_id,
-            business_id=delivery.business_id,
-            delivery_id=delivery.id,
-            size=delivery.package_size,
-            weight_kg=delivery.package_weight_kg,
-            tag=delivery.package_tag or delivery.package_size,
-        )
-        outcome = services.delivery_assign(
-            delivery_id=delivery_id, attempt=attempt, delivery=delivery
-        )
+        ids = {"delivery_id": delivery_id, "business_id": delivery.business_id}
+        with tracing.step("package", **ids, package_id=delivery.package_id):
+            package_upsert(
+                package_id=delivery.package_id,
+                business_id=delivery.business_id,
+                delivery_id=delivery.id,
+                size=delivery.package_size,
+                weight_kg=delivery.package_weight_kg,
+                tag=delivery.package_tag or delivery.package_size,
+            )
+        # The drone, the schedule and the live status (the stage change writes it), and the
+        # emails and webhooks the stage change records.
+        with tracing.step("assign", **ids) as span:
+            outcome = services.delivery_assign(
+                delivery_id=delivery_id, attempt=attempt, delivery=delivery
+            )
+            if span is not None and span.is_recording():
+                span.set_attribute("workflow.outcome", outcome.result)
+                if outcome.delivery is not None and outcome.delivery.drone_id:
+                    span.set_attribute("drone.id", str(outcome.delivery.drone_id))
+        if outcome.delivery is not None:
+            tracing.annotate(drone_id=outcome.delivery.drone_id)
         if outcome.result == "wait":
             delivery_process.apply_async(
                 kwargs={"delivery_id": str(delivery_id), "attempt": outcome.attempt},

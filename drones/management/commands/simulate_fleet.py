@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
@@ -24,6 +25,8 @@ from drones.simulator import (
     gateway_key_create,
     gateway_key_revoke,
 )
+from portal import metrics
+from portal.telemetry import configure_telemetry
 
 logger = logging.getLogger("drones.simulator")
 
@@ -76,6 +79,8 @@ class Command(BaseCommand):
         speedup = flight.speedup() if options["speedup"] is None else options["speedup"]
         if speedup <= 0 or options["interval"] <= 0:
             raise CommandError("--speedup and --interval must be more than 0")
+        configure_telemetry(service_name="fabrikam-simulator")
+        metrics.serve(settings.METRICS_PORT)
         key = options["key"]
         transport = HttpTransport(options["url"], key=key)
         own_keys = OwnKeys()

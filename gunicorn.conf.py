@@ -1,0 +1,40 @@
+"""gunicorn reads this file from the working directory by default (the Procfile's, the image's).
+
+- gunicorn's own lines (starting, booting a worker, a worker timing out) are written like every
+  other line (portal/logs.py: JSON by default, secrets redacted); the access log is the
+  application's (portal.logs.AccessLogMiddleware: the route template, not the raw path).
+- With PROMETHEUS_MULTIPROC_DIR set, every worker writes its metrics there and /metrics sums
+  them (portal/metrics.py): start from an empty directory, and forget workers that exit.
+"""
+
+from typing import Any
+
+from gunicorn import glogging
+
+
+class Logger(glogging.Logger):
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        from portal.logs import console_handler_parts
+
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                formatter, filters = console_handler_parts()
+                handler.setFormatter(formatter)
+                for line_filter in filters:
+                    handler.addFilter(line_filter)
+
+
+logger_class = Logger
+
+
+def on_starting(server: Any) -> None:
+    from portal.metrics import multiprocess_reset
+
+    multiprocess_reset()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from portal.metrics import child_exited
+
+    child_exited(worker.pid)
