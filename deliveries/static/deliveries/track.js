@@ -150,7 +150,7 @@
 
     function fit() {
       if (!readerMoved) {
-        map.fitBounds(flightBounds(), { padding: [30, 30], maxZoom: 16 });
+        map.fitBounds(flightBounds(), { paddingTopLeft: [56, 40], paddingBottomRight: [30, 30], maxZoom: 16 });
       }
     }
 
@@ -178,7 +178,7 @@
       });
     }
 
-    map.fitBounds(L.latLngBounds([data.pickup, data.dropoff]), { padding: [30, 30], maxZoom: 16 });
+    map.fitBounds(L.latLngBounds([data.pickup, data.dropoff]), { paddingTopLeft: [56, 40], paddingBottomRight: [30, 30], maxZoom: 16 });
     if (tiles) {
       tiles.addTo(map);
     }
