@@ -1024,6 +1024,7 @@ def main() -> int:
             "airspace",
             "zones",
             "webhooks",
+            "tracing",
         ],
         action="append",
     )
@@ -1097,6 +1098,9 @@ def main() -> int:
         if "webhooks" not in skip:
             command = [python, str(BASE_DIR / "bench" / "webhooks.py")]
             subs.append(sub_bench(9, "webhook fan-out", command, original))
+        if "tracing" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "telemetry_cost.py")]
+            subs.append(sub_bench(10, "ingestion with tracing on and off", command, original))
     except (KeyboardInterrupt, Stop):
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
