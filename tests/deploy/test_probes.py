@@ -72,7 +72,10 @@ def pod_environment(container: dict[str, Any], secrets_dir: Path, tmp: Path) -> 
     }
     secrets_dir.mkdir()
     for item in container["env"]:
-        name, value = item["name"], item["value"]
+        name, value = item["name"], item.get("value")
+        if value is None:  # from the Downward API: the pod's own name, namespace, node
+            env[name] = f"test-{item['valueFrom']['fieldRef']['fieldPath'].replace('.', '-')}"
+            continue
         if value.startswith("/mnt/secrets/"):
             variable = name.removesuffix("_FILE")
             if variable == "APPLICATIONINSIGHTS_CONNECTION_STRING":
@@ -234,7 +237,7 @@ def test_live_readiness_checks_only_what_the_chart_asks_for(
     base, container = live
     spec = container["readinessProbe"]["httpGet"]
     _, body = get(base + spec["path"], probe_headers(spec))
-    wanted = {e["name"]: e["value"] for e in container["env"]}["HEALTHCHECK_READY_CHECKS"]
+    wanted = {e["name"]: e.get("value") for e in container["env"]}["HEALTHCHECK_READY_CHECKS"]
     assert set(json.loads(body)["checks"]) == set(wanted.split(","))
 
 
@@ -244,7 +247,7 @@ def test_web_accepts_the_simulator_s_telemetry_over_plain_http_by_the_service_na
     """The dev web pod, as the simulator reaches it: plain HTTP to the web Service's name."""
     container = deployment(rendered, "web", "dev")["containers"][0]
     simulator = deployment(rendered, "simulator", "dev")["containers"][0]
-    url = {e["name"]: e["value"] for e in simulator["env"]}["FLEET_SIM_API_URL"]
+    url = {e["name"]: e.get("value") for e in simulator["env"]}["FLEET_SIM_API_URL"]
     host = url.removeprefix("http://").split(":")[0]
     with serve(container, tmp_path, "0.0.0.0:8000", None) as base:
         request = urllib.request.Request(  # noqa: S310 - loopback only

@@ -95,6 +95,16 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
 # The simulated fleet's clock rate; ETAs divide by it, so every process gets the same value.
 - name: FLEET_SIM_SPEEDUP
   value: {{ ternary $values.simulator.speedup 1 $values.simulator.enabled | toString | quote }}
+# Telemetry's resource (portal/telemetry.py): the pod, its namespace and node from the Downward
+# API, so the dependency map tells the components and replicas apart.
+- name: K8S_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: K8S_NAMESPACE_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: K8S_NODE_NAME
+  valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME),k8s.deployment.name=%s,service.version=%s" (include "dd.componentName" .) (default $root.Chart.AppVersion $values.image.tag) | quote }}
 {{- range $name := keys $env | sortAlpha }}
 - name: {{ $name }}
   value: {{ get $env $name | toString | quote }}
