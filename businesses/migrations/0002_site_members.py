@@ -6,40 +6,56 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('businesses', '0001_initial'),
+        ("businesses", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='BusinessMember',
+            name="BusinessMember",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name': 'business member',
+                "verbose_name": "business member",
             },
         ),
         migrations.AddField(
-            model_name='business',
-            name='serves_customers',
+            model_name="business",
+            name="serves_customers",
             field=models.BooleanField(default=False, editable=False),
         ),
         migrations.AddConstraint(
-            model_name='business',
-            constraint=models.UniqueConstraint(condition=models.Q(('serves_customers', True)), fields=('serves_customers',), name='business_one_for_customers'),
+            model_name="business",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("serves_customers", True)),
+                fields=("serves_customers",),
+                name="business_one_for_customers",
+            ),
         ),
         migrations.AddField(
-            model_name='businessmember',
-            name='business',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='members', to='businesses.business'),
+            model_name="businessmember",
+            name="business",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="members",
+                to="businesses.business",
+            ),
         ),
         migrations.AddField(
-            model_name='businessmember',
-            name='user',
-            field=models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='business_membership', to=settings.AUTH_USER_MODEL),
+            model_name="businessmember",
+            name="user",
+            field=models.OneToOneField(
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="business_membership",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
     ]

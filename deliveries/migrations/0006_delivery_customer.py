@@ -6,22 +6,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('businesses', '0002_site_members'),
-        ('deliveries', '0005_no_eta_notified_at'),
-        ('drones', '0003_fleet_flies'),
+        ("businesses", "0002_site_members"),
+        ("deliveries", "0005_no_eta_notified_at"),
+        ("drones", "0003_fleet_flies"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='delivery',
-            name='customer',
-            field=models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='deliveries', to=settings.AUTH_USER_MODEL),
+            model_name="delivery",
+            name="customer",
+            field=models.ForeignKey(
+                blank=True,
+                db_index=False,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="deliveries",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddIndex(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('customer__isnull', False)), fields=['customer', '-created_at'], name='delivery_customer_recent'),
+            model_name="delivery",
+            index=models.Index(
+                condition=models.Q(("customer__isnull", False)),
+                fields=["customer", "-created_at"],
+                name="delivery_customer_recent",
+            ),
         ),
     ]
