@@ -211,6 +211,12 @@ def _observations(count: Callable[[], dict[str, int]], label: str) -> list[otel.
 _PROXIED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_ORIGINAL_HOST", "HTTP_X_FORWARDED_HOST")
 
 
+def came_through_proxy(request: HttpRequest) -> bool:
+    """Whether a reverse proxy (the ingress) forwarded this request: such a request never
+    reaches /metrics or the probes, which are for the cluster only."""
+    return any(header in request.META for header in _PROXIED)
+
+
 class MetricsEndpointMiddleware:
     """`GET /metrics` in Prometheus' text format, for scrapers inside the cluster only.
 
@@ -225,7 +231,7 @@ class MetricsEndpointMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path != "/metrics":
             return self.get_response(request)
-        if request.method not in ("GET", "HEAD") or any(h in request.META for h in _PROXIED):
+        if request.method not in ("GET", "HEAD") or came_through_proxy(request):
             return HttpResponseNotFound(b"", content_type="text/plain")
         body = prometheus_client.generate_latest(registry(with_database=True))
         response = HttpResponse(body, content_type=prometheus_client.CONTENT_TYPE_LATEST)

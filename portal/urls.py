@@ -71,6 +71,7 @@ urlpatterns = [
     *site,
     path("healthz/live", health.live, name="healthz-live"),
     path("healthz/ready", health.ready, name="healthz-ready"),
+    path("healthz/dependencies", health.dependencies, name="healthz-dependencies"),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("deliveries.urls")),

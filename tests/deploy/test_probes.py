@@ -188,9 +188,18 @@ def test_web_answers_its_probes_with_the_rendered_command_env_and_host(
     spec = container["readinessProbe"]["httpGet"]
     headers = {h["name"]: h["value"] for h in spec["httpHeaders"]}
     status, body = get(base + spec["path"], headers)
-    # Redis and MongoDB are closed ports here: not ready, and the answer names them.
+    # Redis and MongoDB are closed ports here: not ready for Redis (no API key is checked
+    # without it), while MongoDB is not asked (the workflow retries it; requests are stored).
+    assert status == 503
+    assert json.loads(body)["failed"] == ["redis"]
+    assert "mongodb" not in json.loads(body)["checks"]
+    # The operators' report names every dependency that is down.
+    status, body = get(base + "/healthz/dependencies", headers)
     assert status == 503
     assert {"redis", "mongodb"} <= set(json.loads(body)["failed"])
+    # Through the ingress (a proxy's headers), however the path is spelt: not found.
+    for path in (spec["path"], "/healthz/dependencies", "/%68ealthz/ready", "/healthz/liv%65"):
+        assert get(base + path, {**headers, "X-Forwarded-For": "203.0.113.9"})[0] == 404, path
     # Without the probe's Host header Django refuses the request: that is why it is set.
     assert get(base + spec["path"], {})[0] == 400
     # The health paths are not redirected to HTTPS; everything else is (TLS ends at the gateway).
