@@ -382,14 +382,21 @@ def _workflow_enqueue(*, delivery_id: UUID, attempt: int = 0, traceparent: str =
     transaction.on_commit(publish, robust=True)
 
 
-def outbox_publish(*, task: str, payload: dict[str, Any], message_id: UUID | None = None) -> bool:
-    """Send one message to the broker; on failure keep it in the outbox for the relay.
+def outbox_publish(
+    *,
+    task: str,
+    payload: dict[str, Any],
+    message_id: UUID | None = None,
+    timeout: float | None = None,
+) -> bool:
+    """Send one message to the broker; on failure, or past `timeout` seconds (default
+    BROKER_PUBLISH_TIMEOUT_MS, a request's budget), keep it in the outbox for the relay.
 
     `message_id` is the stored message being relayed, None for a first attempt."""
     from portal import broker
 
     try:
-        broker.send_task(task, payload)
+        broker.send_task(task, payload, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - any broker failure leaves the message for the relay
         logger.warning("%s %s not published, the relay will retry: %s", task, payload, exc)
         error = f"{type(exc).__name__}: {exc}"[:300]
@@ -426,7 +433,10 @@ def outbox_relay(*, older_than_seconds: float = 5.0, batch: int = 500) -> int:
             message["traceparent"], "outbox.relay", outbox_message_id=message["id"]
         ):
             sent = outbox_publish(
-                task=message["task"], payload=message["payload"], message_id=message["id"]
+                task=message["task"],
+                payload=message["payload"],
+                message_id=message["id"],
+                timeout=RELAY_PUBLISH_TIMEOUT_SECONDS,
             )
         if sent:
             published += 1
@@ -445,6 +455,9 @@ def deliveries_sweep(*, grace: timedelta = timedelta(seconds=120)) -> int:
 
     Covers a message lost by the broker (Redis without persistence) or a worker killed between
     two steps: the workflow is idempotent, so a spare message is harmless.
+RELAY_PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
     """
     now = timezone.now()
     cutoff = now - grace
@@ -459,6 +472,7 @@ def deliveries_sweep(*, grace: timedelta = timedelta(seconds=120)) -> int:
         with transaction.atomic():
             updated = Delivery.objects.filter(
                 pk=delivery_id, status=Status.REQUESTED, attempts=attempts
+            # No request waits on the relay: it may give a slow broker longer than the budget.
             ).update(next_attempt_at=now + grace)
             if updated:
                 _workflow_enqueue(

@@ -13,13 +13,23 @@ every message rather than the message itself:
   constructor (its table of response callbacks) costs more than the LPUSH. `RedisTransport`
   keeps one client per channel, on the channel's own connection pool; settings select it for
   `redis://` brokers.
+
+A publish never holds its caller longer than BROKER_PUBLISH_TIMEOUT_MS (`send_task`): a broker that
+accepts connections and never answers would otherwise hold every request for the transports'
+socket timeouts (seconds), and a web pod has only a few processes. Past the budget the caller
+gets `PublishTimeout` and leaves the message to the outbox (or the sweep); the publish goes on in
+its thread until the socket timeouts end it, so the message may still leave: a duplicate,
+which the tasks (idempotent) make harmless.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +67,53 @@ class _Held:
 
 
 _lock = threading.Lock()
+_send_lock = threading.Lock()
 _held: _Held | None = None
 
 
-def send_task(name: str, kwargs: dict[str, Any]) -> None:
+class PublishTimeout(Exception):
+    """The broker did not take the message within the budget (it may still, later)."""
+
+
+@dataclass
+class _Publisher:
+    pid: int
+    executor: ThreadPoolExecutor
+    busy: Future[None] | None = None
+
+
+_publisher: _Publisher | None = None
+
+
+def send_task(name: str, kwargs: dict[str, Any], *, timeout: float | None = None) -> None:
+    """Publish task `name` with `kwargs` to the default queue within `timeout` seconds (default
+    BROKER_PUBLISH_TIMEOUT_MS), or raise what the broker raised, or PublishTimeout.
+
+    One publishing thread per process: while a publish hangs there, the next ones give up at
+    once instead of queueing behind it (the broker is not answering; the outbox is the place
+    for them)."""
+    global _publisher
+    from django.conf import settings
+
+    if timeout is None:
+        timeout = settings.BROKER_PUBLISH_TIMEOUT_MS / 1000
+    with _lock:
+        publisher = _publisher
+        if publisher is None or publisher.pid != os.getpid():
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+            publisher = _publisher = _Publisher(os.getpid(), executor)
+        if publisher.busy is not None and not publisher.busy.done():
+            raise PublishTimeout("the broker has not answered an earlier publish yet")
+        # The caller's context (its trace) goes with the message.
+        context = contextvars.copy_context()
+        future = publisher.busy = publisher.executor.submit(context.run, _send, name, kwargs)
+    try:
+        future.result(timeout=timeout)
+    except FutureTimeout:
+        raise PublishTimeout(f"the broker did not answer within {timeout * 1000:.0f} ms") from None
+
+
+def _send(name: str, kwargs: dict[str, Any]) -> None:
     """Publish task `name` with `kwargs` to the default queue now, or raise what the broker
     raised (no retries).
 
@@ -85,7 +138,7 @@ def send_task(name: str, kwargs: dict[str, Any]) -> None:
         argsrepr="()",
         kwargsrepr=repr(kwargs),
     )
-    with _lock:
+    with _send_lock:
         pool = app.producer_pool
         held = _held
         if held is None or held.pid != os.getpid() or held.pool is not pool:

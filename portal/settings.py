@@ -312,7 +312,27 @@ SILENCED_SYSTEM_CHECKS = [
 ]
 
 # Celery. The same code runs on Service Bus, Redis or RabbitMQ by the broker URL alone.
-CELERY_BROKER_CONNECTION_TIMEOUT = 5
+# A request waits at most this long for the broker; past it the message waits in the outbox for
+# the relay (portal/broker.py), and the client has its 202 all the same.
+BROKER_PUBLISH_TIMEOUT_MS = envint("BROKER_PUBLISH_TIMEOUT_MS", 250)
+# Every transport's own connect and socket (read, write) timeouts, in seconds: they end a publish
+# or a consumer's call that a broker, up but not answering, would hold forever.
+BROKER_CONNECT_TIMEOUT_SECONDS = float(envstr("BROKER_CONNECT_TIMEOUT_SECONDS") or 3)
+BROKER_SOCKET_TIMEOUT_SECONDS = float(envstr("BROKER_SOCKET_TIMEOUT_SECONDS") or 5)
+# Service Bus locks a received message this long (the queue's LockDuration; kombu creates the
+# queue with it when it does not exist). Locks are renewed while a worker holds a message, and
+# no task waits on a countdown longer than BROKER_MAX_COUNTDOWN_SECONDS (longer waits are taken
+# in hops), so a message is never delivered again while its first copy still waits or runs.
+SERVICEBUS_LOCK_SECONDS = envint("SERVICEBUS_LOCK_SECONDS", 60)
+BROKER_MAX_COUNTDOWN_SECONDS = envint(
+    "BROKER_MAX_COUNTDOWN_SECONDS", SERVICEBUS_LOCK_SECONDS * 3 // 4
+)
+if not 1 <= BROKER_MAX_COUNTDOWN_SECONDS < SERVICEBUS_LOCK_SECONDS:
+    raise ImproperlyConfigured(
+        f"BROKER_MAX_COUNTDOWN_SECONDS must be from 1 to less than SERVICEBUS_LOCK_SECONDS "
+        f"({SERVICEBUS_LOCK_SECONDS}), not {BROKER_MAX_COUNTDOWN_SECONDS}"
+    )
+CELERY_BROKER_CONNECTION_TIMEOUT = BROKER_CONNECT_TIMEOUT_SECONDS
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -349,8 +369,33 @@ if CELERY_BROKER_URL.startswith(("redis", "rediss")):
             "unacked_restore_throttle": 1,
             # Without these a publish waits forever on a broker that vanished without closing
             # the connection, and an accepted request would hang instead of going to the outbox.
-            "socket_timeout": 5,
-            "socket_connect_timeout": 3,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+        }
+    )
+elif CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
+    # py-amqp: connect_timeout is CELERY_BROKER_CONNECTION_TIMEOUT; these bound every read and
+    # write on the socket (the handshake, a publish), which otherwise have none.
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "read_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "write_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        }
+    )
+elif CELERY_BROKER_URL.startswith("azureservicebus"):
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "peek_lock_seconds": SERVICEBUS_LOCK_SECONDS,
+            # The SDK's AutoLockRenewer keeps a held message's lock (a countdown, a long task)
+            # until it is settled, for up to an hour.
+            "use_lock_renewal": True,
+            "max_lock_renewal_duration": 3600,
+            # The SDK retries an operation 3 times with up to 120 s of backoff by default: a
+            # worker's publish or settle would hang that long. (A request never waits past
+            # BROKER_PUBLISH_TIMEOUT_MS whatever the SDK does.)
+            "retry_total": 2,
+            "retry_backoff_factor": 0.5,
+            "retry_backoff_max": BROKER_SOCKET_TIMEOUT_SECONDS,
         }
     )
 WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"
@@ -358,9 +403,9 @@ WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbea
 API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
 
 HEALTHCHECK_TIMEOUT_SECONDS = float(envstr("HEALTHCHECK_TIMEOUT_SECONDS", "2") or 2)
-# Which dependencies /healthz/ready checks in this process (comma-separated; default all of
-# database, redis, mongodb, broker): the live-feed process needs only the database and Redis,
-# and its network policy lets it reach nothing else.
+# Which dependencies /healthz/ready checks in this process (comma-separated; default database
+# and redis, what a request cannot be stored without; portal/health.py). /healthz/dependencies
+# always checks all four: database, redis, mongodb, broker.
 HEALTHCHECK_READY_CHECKS = envlist("HEALTHCHECK_READY_CHECKS")
 _unknown_checks = set(HEALTHCHECK_READY_CHECKS) - {"database", "redis", "mongodb", "broker"}
 if _unknown_checks:
