@@ -33,6 +33,7 @@ from airspace.services import (
     zones_export,
     zones_import,
 )
+from audit.services import audited, form_changes, zone_names
 from drones.models import Base
 from portal.errors import DomainError
 
@@ -301,19 +302,24 @@ class NoFlyZoneAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: NoFlyZone, form: Any, change: bool) -> None:
         fields = {name: form.cleaned_data[name] for name in NoFlyZoneForm.Meta.fields}
-        if change:
-            zone = zone_update(zone_id=obj.pk, **fields)
-        else:
-            zone, _ = zone_upsert(**fields)
+        changes = form_changes(form, summarized=("geometry",))
+        with audited(request, f"zone.{'update' if change else 'create'}", None, changes) as audit:
+            if change:
+                zone = zone_update(zone_id=obj.pk, **fields)
+            else:
+                zone, _ = zone_upsert(**fields)
+            audit.target = zone
         # The admin goes on with `obj` (its history entry, the redirect): make it the zone saved.
         obj.pk, obj.created_at, obj.updated_at = zone.pk, zone.created_at, zone.updated_at
         obj.geometry = zone.geometry
 
     def delete_model(self, request: HttpRequest, obj: NoFlyZone) -> None:
-        zone_delete(zone_id=obj.pk)
+        with audited(request, "zone.delete", obj):
+            zone_delete(zone_id=obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[NoFlyZone]) -> None:
-        zones_delete(zone_ids=queryset.values_list("pk", flat=True))
+        with audited(request, "zone.delete", list(queryset)):
+            zones_delete(zone_ids=queryset.values_list("pk", flat=True))
 
     @admin.action(description="Export the selected zones as GeoJSON")
     def export_geojson(self, request: HttpRequest, queryset: QuerySet[NoFlyZone]) -> HttpResponse:
@@ -325,12 +331,14 @@ class NoFlyZoneAdmin(admin.ModelAdmin):
 
     @admin.action(description="Activate the selected zones", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: QuerySet[NoFlyZone]) -> None:
-        changed = zones_activate(zone_ids=queryset.values_list("pk", flat=True), active=True)
+        with audited(request, "zone.activate", list(queryset.exclude(active=True))):
+            changed = zones_activate(zone_ids=queryset.values_list("pk", flat=True), active=True)
         self.message_user(request, f"{changed} zone(s) activated.", messages.SUCCESS)
 
     @admin.action(description="Deactivate the selected zones", permissions=["change"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet[NoFlyZone]) -> None:
-        changed = zones_activate(zone_ids=queryset.values_list("pk", flat=True), active=False)
+        with audited(request, "zone.deactivate", list(queryset.exclude(active=False))):
+            changed = zones_activate(zone_ids=queryset.values_list("pk", flat=True), active=False)
         self.message_user(request, f"{changed} zone(s) deactivated.", messages.SUCCESS)
 
     # --- the import page ----------------------------------------------------------------------
@@ -349,8 +357,11 @@ class NoFlyZoneAdmin(admin.ModelAdmin):
         posted = request.method == "POST"
         form = ImportForm(request.POST, request.FILES) if posted else ImportForm()
         if posted and form.is_valid():
+            collection = form.cleaned_data["collection"]
             try:
-                result = zones_import(form.cleaned_data["collection"])
+                with audited(request, "zone.import", (NoFlyZone, "", "import")) as audit:
+                    result = zones_import(collection)
+                    audit.changes = {**vars(result), "zones": zone_names(collection)}
             except InvalidImport as exc:
                 form.add_error(None, "Nothing was imported: fix these and import the file again.")
                 for problem in exc.problems:

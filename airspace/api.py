@@ -27,6 +27,7 @@ from airspace.services import (
     zones_export,
     zones_import,
 )
+from audit.services import audited, zone_names
 
 TAGS = ["airspace (staff)"]
 STAFF_ONLY = (
@@ -138,7 +139,9 @@ class ZonesApi(StaffApi):
         responses={200: ImportOutSerializer, 403: NOT_STAFF, 422: REFUSED},
     )
     def post(self, request: Request) -> Response:
-        result = zones_import(request.data)
+        with audited(request, "zone.import", (NoFlyZone, "", "import")) as audit:
+            result = zones_import(request.data)
+            audit.changes = {**vars(result), "zones": zone_names(request.data)}
         answer = ImportOutSerializer({"created": result.created, "updated": result.updated})
         return Response(answer.data, status=status.HTTP_200_OK)
 
@@ -186,15 +189,18 @@ class ZoneApi(StaffApi):
             "properties": {**current["properties"], **properties},
         }
         fields = feature_fields(merged)
-        zone = zone_update(
-            zone_id=zone.pk,
-            name=fields.name,
-            reason=fields.reason,
-            geometry=fields.geometry,
-            active=fields.active,
-            valid_from=fields.valid_from,
-            valid_until=fields.valid_until,
-        )
+        changes = {k: v for k, v in properties.items() if k in ZonePropertiesSerializer().fields}
+        changes |= {"geometry": "changed"} if "geometry" in patch else {}
+        with audited(request, "zone.update", zone, changes):
+            zone = zone_update(
+                zone_id=zone.pk,
+                name=fields.name,
+                reason=fields.reason,
+                geometry=fields.geometry,
+                active=fields.active,
+                valid_from=fields.valid_from,
+                valid_until=fields.valid_until,
+            )
         return Response(FeatureOutSerializer(zone_feature(zone)).data)
 
     @extend_schema(
@@ -205,5 +211,6 @@ class ZoneApi(StaffApi):
         responses={204: None, 403: NOT_STAFF, 404: OpenApiResponse()},
     )
     def delete(self, request: Request, zone_id: str) -> Response:
-        zone_delete(zone_id=zone_id)
+        with audited(request, "zone.delete", (NoFlyZone, zone_id)):
+            zone_delete(zone_id=zone_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -17,6 +17,7 @@ from django.http import HttpRequest
 from django.utils.translation import ngettext
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
+from audit.services import actor_of, audit_record, audited, form_changes
 from businesses.models import Business, BusinessAPIKey, BusinessMember
 from businesses.services import (
     api_key_forget,
@@ -74,18 +75,32 @@ class BusinessAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Business, form: Any, change: bool) -> None:
         data = form.cleaned_data
-        if change:
-            business = business_update(business_id=obj.pk, name=data["name"], email=data["email"])
-        else:
-            business, key = business_create(name=data["name"], email=data["email"])
-            messages.warning(
-                request,
-                f"The API key of {business.name} is: {key}. Give it to the business now: it is "
-                "not shown again.",
-            )
-        if data["is_active"] != business.is_active:
-            toggle = business_activate if data["is_active"] else business_deactivate
-            business = toggle(business_id=business.pk)
+        action = "update" if change else "create"
+        if change and "is_active" in form.changed_data:
+            action = "activate" if data["is_active"] else "deactivate"
+        with audited(request, f"business.{action}", changes=form_changes(form)) as audit:
+            if change:
+                business = business_update(
+                    business_id=obj.pk, name=data["name"], email=data["email"]
+                )
+            else:
+                business, key = business_create(name=data["name"], email=data["email"])
+                messages.warning(
+                    request,
+                    f"The API key of {business.name} is: {key}. Give it to the business now: it "
+                    "is not shown again.",
+                )
+                audit_record(
+                    actor=actor_of(request),
+                    action="api_key.create",
+                    target=(BusinessAPIKey, key.partition(".")[0], "default"),
+                    changes={"business": str(business.pk)},
+                    request=request,
+                )
+            if data["is_active"] != business.is_active:
+                toggle = business_activate if data["is_active"] else business_deactivate
+                business = toggle(business_id=business.pk)
+            audit.target = business
         # The admin goes on with `obj` (its inlines, history entry and redirect).
         obj.pk, obj.created_at, obj.is_active = business.pk, business.created_at, business.is_active
         obj._state.adding, obj._state.db = False, business._state.db
@@ -93,8 +108,9 @@ class BusinessAdmin(admin.ModelAdmin):
     @admin.action(description="Deactivate the selected businesses (their API keys stop at once)")
     def deactivate(self, request: HttpRequest, queryset: QuerySet[Business]) -> None:
         count = 0
-        for business_id in queryset.values_list("pk", flat=True):
-            business_deactivate(business_id=business_id)
+        for business_id, name in queryset.values_list("pk", "name"):
+            with audited(request, "business.deactivate", (Business, business_id, name)):
+                business_deactivate(business_id=business_id)
             count += 1
         self.message_user(
             request,
@@ -110,8 +126,9 @@ class BusinessAdmin(admin.ModelAdmin):
     @admin.action(description="Activate the selected businesses")
     def activate(self, request: HttpRequest, queryset: QuerySet[Business]) -> None:
         count = 0
-        for business_id in queryset.values_list("pk", flat=True):
-            business_activate(business_id=business_id)
+        for business_id, name in queryset.values_list("pk", "name"):
+            with audited(request, "business.activate", (Business, business_id, name)):
+                business_activate(business_id=business_id)
             count += 1
         self.message_user(
             request,
@@ -145,7 +162,17 @@ class BusinessAPIKeyAdmin(APIKeyModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False
     ) -> None:
-        if change and form is not None and "revoked" in form.changed_data and obj.revoked:
+        revoked = change and form is not None and "revoked" in form.changed_data and obj.revoked
+        action = "revoke" if revoked else "update" if change else "create"
+        changes = form_changes(form) if form is not None else {}
+        with audited(request, f"api_key.{action}", changes=changes) as audit:
+            self._save(request, obj, form, change, revoked=revoked)
+            audit.target = (BusinessAPIKey, obj.prefix, obj.name)
+
+    def _save(
+        self, request: HttpRequest, obj: Any, form: Any, change: bool, *, revoked: bool
+    ) -> None:
+        if revoked:
             obj.revoked = False  # the service revokes it (and says so at once)
             super().save_model(request, obj, form, change)
             api_key_revoke(business=obj.business, prefix=obj.prefix)
@@ -159,7 +186,8 @@ class BusinessAPIKeyAdmin(APIKeyModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[BusinessAPIKey]) -> None:
         count = 0
         for api_key in queryset.select_related("business"):
-            api_key_revoke(business=api_key.business, prefix=api_key.prefix)
+            with audited(request, "api_key.revoke", (BusinessAPIKey, api_key.prefix, api_key.name)):
+                api_key_revoke(business=api_key.business, prefix=api_key.prefix)
             count += 1
         self.message_user(
             request,

@@ -26,6 +26,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
+from audit.services import audited
 from deliveries import services
 from deliveries.lifecycle import FINISHED, WITH_DRONE, InvalidStageTransition
 from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, OutboxMessage, Quote
@@ -154,11 +155,15 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Delivery, form: Any, change: bool) -> None:
         if change and "deadline" in form.changed_data:
-            services.delivery_deadline_set(
-                delivery_id=obj.pk,
-                deadline=form.cleaned_data["deadline"],
-                operator=operator_name(request),
-            )
+            deadlines = [form.initial.get("deadline"), form.cleaned_data["deadline"]]
+            with audited(
+                request, "delivery.deadline_set", (Delivery, obj.pk), {"deadline": deadlines}
+            ):
+                services.delivery_deadline_set(
+                    delivery_id=obj.pk,
+                    deadline=form.cleaned_data["deadline"],
+                    operator=operator_name(request),
+                )
 
     def get_actions(self, request: HttpRequest) -> Any:
         actions = super().get_actions(request)
@@ -202,6 +207,7 @@ class DeliveryAdmin(admin.ModelAdmin):
             queryset,
             lambda d: services.delivery_retry(delivery_id=d.pk, operator=operator),
             refused="not retried",
+            action="delivery.retry",
         )
         if done:
             self.message_user(
@@ -228,7 +234,9 @@ class DeliveryAdmin(admin.ModelAdmin):
                 business_id=delivery.business_id, delivery_id=delivery.pk, note=note
             )
 
-        done = self._each(request, queryset, cancel_one, refused="not cancelled")
+        done = self._each(
+            request, queryset, cancel_one, refused="not cancelled", action="delivery.cancel"
+        )
         if done:
             self.message_user(
                 request,
@@ -251,7 +259,9 @@ class DeliveryAdmin(admin.ModelAdmin):
                     f"a {delivery.status.replace('_', ' ')} delivery cannot fail"
                 )
 
-        done = self._each(request, queryset, fail, refused="not marked failed")
+        done = self._each(
+            request, queryset, fail, refused="not marked failed", action="delivery.fail"
+        )
         if done:
             self.message_user(
                 request,
@@ -269,12 +279,14 @@ class DeliveryAdmin(admin.ModelAdmin):
         act: Callable[[Delivery], Any],
         *,
         refused: str,
+        action: str,
     ) -> int:
-        """Act on each delivery; a refused one is reported with the service's reason."""
+        """Act on each delivery, audited; a refused one is reported with the service's reason."""
         done = 0
         for delivery in queryset.select_related("drone"):
             try:
-                act(delivery)
+                with audited(request, action, (Delivery, delivery.pk), {"from": delivery.status}):
+                    act(delivery)
             except DomainError as exc:
                 self.message_user(
                     request,

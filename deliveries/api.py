@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audit.services import audited
 from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
 from drones.geo import Point
@@ -428,13 +429,16 @@ class DeliveryDetailApi(APIView):
     )
     def patch(self, request: Request, delivery_id: str) -> Response:
         data = validated(RescheduleIn, request.data)
-        delivery = services.delivery_reschedule(
-            business_id=_business_id(request),
-            delivery_id=_delivery_id(delivery_id),
-            pickup_time=data.get("pickup_time"),
-            dropoff=_place(data["dropoff"]) if "dropoff" in data else None,
-            deadline=data.get("deadline"),
-        )
+        with audited(
+            request, "delivery.reschedule", (Delivery, _delivery_id(delivery_id)), dict(data)
+        ):
+            delivery = services.delivery_reschedule(
+                business_id=_business_id(request),
+                delivery_id=_delivery_id(delivery_id),
+                pickup_time=data.get("pickup_time"),
+                dropoff=_place(data["dropoff"]) if "dropoff" in data else None,
+                deadline=data.get("deadline"),
+            )
         return Response(delivery_document(delivery, events=True))
 
 
@@ -456,9 +460,10 @@ class DeliveryCancelApi(APIView):
     )
     def post(self, request: Request, delivery_id: str) -> Response:
         def produce() -> services.StoredResponse:
-            delivery = services.delivery_cancel(
-                business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
-            )
+            with audited(request, "delivery.cancel", (Delivery, _delivery_id(delivery_id))):
+                delivery = services.delivery_cancel(
+                    business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
+                )
             return services.StoredResponse(status.HTTP_200_OK, delivery_document(delivery), {})
 
         return _idempotent_post(request, produce)

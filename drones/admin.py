@@ -22,6 +22,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import ngettext
 from rest_framework_api_key.admin import APIKeyModelAdmin
 
+from audit.services import audited, form_changes
 from deliveries.models import Delivery
 from drones.models import Base, Drone, DroneModel, TelemetryKey
 from drones.services import drone_send_home
@@ -190,7 +191,14 @@ class DroneAdmin(admin.ModelAdmin):
 
     @admin.action(description="Ground the selected drones (out of service; flying ones come home)")
     def ground(self, request: HttpRequest, queryset: QuerySet[Drone]) -> None:
-        done = self._each(request, queryset, drone_ground, verb="grounded", refused="not grounded")
+        done = self._each(
+            request,
+            queryset,
+            drone_ground,
+            verb="grounded",
+            refused="not grounded",
+            action="ground",
+        )
         if done:
             self.message_user(
                 request,
@@ -213,6 +221,7 @@ class DroneAdmin(admin.ModelAdmin):
             drone_return_to_service,
             verb="released back into service",
             refused="not released",
+            action="release",
         )
         if done:
             self.message_user(
@@ -233,7 +242,9 @@ class DroneAdmin(admin.ModelAdmin):
         def send(*, drone_id: Any) -> Drone:
             return drone_send_home(drone_id=drone_id, operator=operator)
 
-        done = self._each(request, queryset, send, verb="sent home", refused="not sent home")
+        done = self._each(
+            request, queryset, send, verb="sent home", refused="not sent home", action="send_home"
+        )
         if done:
             self.message_user(
                 request,
@@ -254,13 +265,16 @@ class DroneAdmin(admin.ModelAdmin):
         *,
         verb: str,
         refused: str,
+        action: str,
     ) -> int:
         """Act on each drone; a refused one is reported with the service's reason, a done one
-        is written to the drone's history under the operator's name."""
+        is written to the drone's history and the audit trail under the operator's name."""
         done = 0
         for drone in queryset:
             try:
-                act(drone_id=drone.pk)
+                target = (Drone, drone.pk, drone.serial)
+                with audited(request, f"drone.{action}", target, {"from": drone.state}):
+                    act(drone_id=drone.pk)
             except DomainError as exc:
                 self.message_user(
                     request, f"Drone {drone.serial} {refused}: {exc.message}.", messages.WARNING
@@ -284,3 +298,12 @@ class TelemetryKeyAdmin(APIKeyModelAdmin):
     search_fields = ("name", "prefix", "drone__serial")  # type: ignore[assignment]
     filter_horizontal = ("bases",)
     autocomplete_fields = ("drone",)
+
+    def save_model(
+        self, request: HttpRequest, obj: Any, form: Any = None, change: bool = False
+    ) -> None:
+        revoked = change and "revoked" in form.changed_data and obj.revoked
+        action = "revoke" if revoked else "update" if change else "create"
+        with audited(request, f"telemetry_key.{action}", changes=form_changes(form)) as audit:
+            super().save_model(request, obj, form, change)
+            audit.target = (TelemetryKey, obj.prefix, obj.name)

@@ -131,6 +131,7 @@ INSTALLED_APPS = [
     "webhooks",
     "notifications",
     "workers",
+    "audit",
 ]
 
 MIDDLEWARE = [

@@ -15,7 +15,6 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -23,6 +22,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from airspace.selectors import zones_active
+from audit.services import audited
 from businesses.models import BusinessAPIKey
 from businesses.services import api_key_create, api_key_revoke
 from deliveries import live
@@ -145,7 +145,8 @@ def delivery_detail(request: HttpRequest, delivery_id: str) -> HttpResponse:
 def delivery_cancel(request: HttpRequest, delivery_id: str) -> HttpResponse:
     delivery = _delivery_or_404(request, delivery_id)
     try:
-        customers.site_delivery_cancel(user=request.user, delivery_id=delivery.id)
+        with audited(request, "delivery.cancel", (Delivery, delivery.id)):
+            customers.site_delivery_cancel(user=request.user, delivery_id=delivery.id)
     except Conflict:
         messages.error(
             request, "The package has been picked up already, so it can no longer be cancelled."
@@ -225,8 +226,9 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     form = ApiKeyForm(request.POST or None)
     new_key = None
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            _, new_key = api_key_create(business=member.business, name=form.cleaned_data["name"])
+        with audited(request, "api_key.create") as audit:
+            key, new_key = api_key_create(business=member.business, name=form.cleaned_data["name"])
+            audit.target = (BusinessAPIKey, key.prefix, key.name)
         form = ApiKeyForm()
     keys = BusinessAPIKey.objects.filter(business=member.business).order_by("-created")
     context = {"nav": "keys", "member": member, "form": form, "keys": keys, "new_key": new_key}
@@ -238,7 +240,8 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 def api_key_revoke_view(request: HttpRequest, prefix: str) -> HttpResponseRedirect:
     member = _member_or_404(request)
     try:
-        key = api_key_revoke(business=member.business, prefix=prefix)
+        with audited(request, "api_key.revoke", (BusinessAPIKey, prefix)):
+            key = api_key_revoke(business=member.business, prefix=prefix)
     except NotFound:
         raise Http404("no such key") from None
     messages.success(

@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from audit.services import audited
 from businesses.models import BusinessMember
 from portal import customers
 from portal.errors import DomainError, NotFound
@@ -108,13 +109,14 @@ def webhooks(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                created = services.webhook_endpoint_create(
-                    business_id=member.business_id,
-                    url=data["url"],
-                    events=data["events"],
-                    active=data["active"],
-                    description=data["description"],
-                )
+                with audited(request, "webhook_endpoint.create", changes=data) as audit:
+                    created = audit.target = services.webhook_endpoint_create(
+                        business_id=member.business_id,
+                        url=data["url"],
+                        events=data["events"],
+                        active=data["active"],
+                        description=data["description"],
+                    )
             except DomainError as exc:
                 form.add_service_error(exc)
                 status = 422
@@ -167,9 +169,10 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
     rotated = None
     status = 200
     if request.method == "POST" and action == "rotate":
-        rotated = services.webhook_endpoint_rotate(
-            business_id=member.business_id, endpoint_id=endpoint.pk
-        )
+        with audited(request, "webhook_endpoint.rotate", endpoint):
+            rotated = services.webhook_endpoint_rotate(
+                business_id=member.business_id, endpoint_id=endpoint.pk
+            )
         endpoint = rotated
     elif request.method == "POST":
         if form.is_valid():
@@ -185,9 +188,10 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
                 changes["url"] = data["url"]
             was_disabled = endpoint.disabled_at is not None
             try:
-                services.webhook_endpoint_update(
-                    business_id=member.business_id, endpoint_id=endpoint.pk, changes=changes
-                )
+                with audited(request, "webhook_endpoint.update", endpoint, changes):
+                    services.webhook_endpoint_update(
+                        business_id=member.business_id, endpoint_id=endpoint.pk, changes=changes
+                    )
             except DomainError as exc:
                 form.add_service_error(exc)
                 status = 422
@@ -243,7 +247,8 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
 def webhook_delete(request: HttpRequest, endpoint_id: str) -> HttpResponseRedirect:
     member = _member_or_404(request)
     endpoint = _endpoint_or_404(member, endpoint_id)
-    services.webhook_endpoint_delete(business_id=member.business_id, endpoint_id=endpoint.pk)
+    with audited(request, "webhook_endpoint.delete", endpoint):
+        services.webhook_endpoint_delete(business_id=member.business_id, endpoint_id=endpoint.pk)
     messages.success(
         request, f"The endpoint {endpoint.url} is deleted: no more events are sent to it."
     )
@@ -256,9 +261,10 @@ def webhook_resend(request: HttpRequest, endpoint_id: str, message_id: str) -> H
     member = _member_or_404(request)
     endpoint = _endpoint_or_404(member, endpoint_id)
     try:
-        message = services.webhook_message_resend(
-            message_id=message_id, business_id=member.business_id, endpoint_id=endpoint.pk
-        )
+        with audited(request, "webhook_message.resend", (WebhookMessage, message_id)):
+            message = services.webhook_message_resend(
+                message_id=message_id, business_id=member.business_id, endpoint_id=endpoint.pk
+            )
     except NotFound:
         raise Http404("no such webhook message") from None
     # Told beside the attempts, where the button was (a browser returns to the same scroll

@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from audit.services import audited, form_changes
 from webhooks import services
 from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
@@ -25,6 +26,18 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # businesses register endpoints through the API, which makes the secret
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        with audited(request, "webhook_endpoint.update", obj, form_changes(form)):
+            super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with audited(request, "webhook_endpoint.delete", obj):
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        with audited(request, "webhook_endpoint.delete", list(queryset)):
+            super().delete_queryset(request, queryset)
 
 
 class WebhookAttemptInline(admin.TabularInline):
@@ -57,5 +70,6 @@ class WebhookMessageAdmin(admin.ModelAdmin):
     @admin.action(description="Send the selected messages again (same webhook-id)")
     def resend(self, request: HttpRequest, queryset: QuerySet[WebhookMessage]) -> None:
         for message in queryset:
-            services.webhook_message_resend(message_id=message.pk)
+            with audited(request, "webhook_message.resend", message):
+                services.webhook_message_resend(message_id=message.pk)
         self.message_user(request, f"{queryset.count()} message(s) queued", messages.SUCCESS)

@@ -11,10 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from audit.services import audited
 from portal.api import Pagination, validated
 from portal.errors import NotFound
 from webhooks import services
-from webhooks.models import WebhookAttempt, WebhookEndpoint
+from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 
 ERRORS = {
     400: OpenApiResponse(description="malformed input: `error.fields` names each bad field"),
@@ -139,7 +140,9 @@ class EndpointListCreateApi(APIView):
     )
     def post(self, request: Request) -> Response:
         data = validated(EndpointIn, request.data)
-        endpoint = services.webhook_endpoint_create(business_id=_business_id(request), **data)
+        with audited(request, "webhook_endpoint.create", changes=dict(data)) as audit:
+            endpoint = services.webhook_endpoint_create(business_id=_business_id(request), **data)
+            audit.target = endpoint
         return Response(EndpointWithSecretOut(endpoint).data, status=status.HTTP_201_CREATED)
 
 
@@ -158,18 +161,24 @@ class EndpointDetailApi(APIView):
     )
     def patch(self, request: Request, endpoint_id: str) -> Response:
         data = validated(EndpointChangeIn, request.data)
-        endpoint = services.webhook_endpoint_update(
-            business_id=_business_id(request),
-            endpoint_id=_endpoint_id(endpoint_id),
-            changes=dict(data),
-        )
+        with audited(
+            request, "webhook_endpoint.update", (WebhookEndpoint, _endpoint_id(endpoint_id)), data
+        ):
+            endpoint = services.webhook_endpoint_update(
+                business_id=_business_id(request),
+                endpoint_id=_endpoint_id(endpoint_id),
+                changes=dict(data),
+            )
         return Response(EndpointOut(endpoint).data)
 
     @extend_schema(summary="Remove a webhook endpoint", responses={204: None, **ERRORS})
     def delete(self, request: Request, endpoint_id: str) -> Response:
-        services.webhook_endpoint_delete(
-            business_id=_business_id(request), endpoint_id=_endpoint_id(endpoint_id)
-        )
+        with audited(
+            request, "webhook_endpoint.delete", (WebhookEndpoint, _endpoint_id(endpoint_id))
+        ):
+            services.webhook_endpoint_delete(
+                business_id=_business_id(request), endpoint_id=_endpoint_id(endpoint_id)
+            )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -180,9 +189,12 @@ class EndpointRotateApi(APIView):
         responses={200: RotatedOut, **ERRORS},
     )
     def post(self, request: Request, endpoint_id: str) -> Response:
-        endpoint = services.webhook_endpoint_rotate(
-            business_id=_business_id(request), endpoint_id=_endpoint_id(endpoint_id)
-        )
+        with audited(
+            request, "webhook_endpoint.rotate", (WebhookEndpoint, _endpoint_id(endpoint_id))
+        ):
+            endpoint = services.webhook_endpoint_rotate(
+                business_id=_business_id(request), endpoint_id=_endpoint_id(endpoint_id)
+            )
         return Response(RotatedOut(endpoint).data)
 
 
@@ -216,7 +228,8 @@ class MessageResendApi(APIView):
         endpoint = services.webhook_endpoint_get(
             business_id=_business_id(request), endpoint_id=_endpoint_id(endpoint_id)
         )
-        message = services.webhook_message_resend(
-            message_id=message_id, business_id=endpoint.business_id, endpoint_id=endpoint.pk
-        )
+        with audited(request, "webhook_message.resend", (WebhookMessage, message_id)):
+            message = services.webhook_message_resend(
+                message_id=message_id, business_id=endpoint.business_id, endpoint_id=endpoint.pk
+            )
         return Response(MessageOut(message).data, status=status.HTTP_202_ACCEPTED)
