@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django_redis import get_redis_connection
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
@@ -21,12 +20,20 @@ from rest_framework_api_key.crypto import KeyGenerator
 
 from businesses.models import BusinessAPIKey
 from businesses.services import api_key_cache_key
+from portal.limits import FailureWindow, auth_failures, parsed_rate
 
 KEYWORD = "Api-Key"
 # How long a verified key is trusted without asking the database again. Revocation through the
 # service deletes the cached entry, so it takes effect at once. The entry is JSON in Redis itself,
 # not through Django's cache: its pickling and key versioning cost more than the round trip.
 KEY_CACHE_SECONDS = 30
+# What djangorestframework-api-key's KeyGenerator issues (prefix 8, secret 32, from
+# get_random_string's letters and digits). Anything else is refused before Redis or the
+# database is asked about it.
+_issued = KeyGenerator()
+ISSUED_KEY = re.compile(
+    rf"[A-Za-z0-9]{{{_issued.prefix_length}}}\.[A-Za-z0-9]{{{_issued.secret_key_length}}}"
+)
 
 
 @dataclass(frozen=True)
@@ -55,18 +62,41 @@ class KeyUse:
 
 def presented_key(request: Request, keyword: str, *, what: str) -> tuple[str, str] | None:
     """The (prefix, key) of `Authorization: <keyword> <prefix>.<secret>`; None without the
-    header; AuthenticationFailed, saying what is expected, for anything else."""
+    header; AuthenticationFailed, saying what is expected, for anything else.
+
+    A key not of the issued format is refused here, before any cache or database lookup, and
+    counts as a failure of the client's address (auth_failures_check); so does whatever the
+    caller's lookup refuses."""
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if not header:
         return None
     given, _, key = header.partition(" ")
     key = key.strip()
     if given != keyword or not key:
+        auth_failure(request)
         raise exceptions.AuthenticationFailed(f"use the header 'Authorization: {keyword} <key>'")
-    prefix, dot, _ = key.partition(".")
-    if not dot or len(key) > 200:
+    if not ISSUED_KEY.fullmatch(key):
+        auth_failure(request)
         raise exceptions.AuthenticationFailed(f"malformed {what}")
+    prefix, _, _ = key.partition(".")
     return prefix, key
+
+
+def auth_failure(request: Request, window: FailureWindow | None = None) -> None:
+    """Count a failed authentication against the client's address (AUTH_FAILURE_RATE_LIMIT);
+    Throttled once it is past the limit."""
+    window = window or auth_failures(request)
+    auth_failures_check(window, window.record() - 1)
+
+
+def auth_failures_check(window: FailureWindow, count: object) -> None:
+    """Throttled (429, Retry-After) when the client's address has used up its failures: it
+    is refused, right key or wrong, until the window ends."""
+    if window.exceeded(count):
+        raise exceptions.Throttled(
+            wait=window.retry_after(),
+            detail="too many failed authentications from this address; retry later",
+        )
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -88,11 +118,14 @@ class ApiKeyAuthentication(BaseAuthentication):
         window = int(now // duration)
         digest = hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
         counter = f"throttle:{digest}:{window}"
+        failures = auth_failures(request)
         redis = get_redis_connection("default")
         pipeline = redis.pipeline(transaction=False)
+        pipeline.get(failures.key)
         pipeline.get(api_key_cache_key(prefix))
         pipeline.incr(counter)
-        stored, count = pipeline.execute()
+        failed, stored, count = pipeline.execute()
+        auth_failures_check(failures, failed)
         if count == 1:  # the window's first request; a key per window, so set once
             redis.expire(counter, duration + 1)
         if stored is None:
@@ -101,8 +134,10 @@ class ApiKeyAuthentication(BaseAuthentication):
         else:
             cached = json.loads(stored)
         if not cached or not self.generator.verify(key, cached["hashed_key"]):
+            auth_failure(request, failures)
             raise exceptions.AuthenticationFailed("invalid or revoked API key")
         if cached["expires"] is not None and cached["expires"] < time.time():
+            auth_failure(request, failures)
             raise exceptions.AuthenticationFailed("this API key has expired")
         principal = BusinessPrincipal(
             business_id=uuid.UUID(cached["business_id"]),
@@ -130,21 +165,9 @@ class ApiKeyAuthentication(BaseAuthentication):
         return KEYWORD
 
 
-def parse_rate(rate: str) -> tuple[int, int]:
-    """DRF's rate syntax: `100/second`, `5000/hour` (only the unit's first letter counts)."""
-    try:
-        count, unit = rate.split("/")
-        return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit.strip()[0]]
-    except (ValueError, KeyError, IndexError):
-        raise ImproperlyConfigured(f"API_RATE_LIMIT {rate!r} is not like 100/second") from None
-
-
 def rate_limit() -> tuple[int, int]:
     """API_RATE_LIMIT as (requests, seconds)."""
-    return _parsed_rate(settings.API_RATE_LIMIT)
-
-
-_parsed_rate = functools.lru_cache(maxsize=8)(parse_rate)
+    return parsed_rate(settings.API_RATE_LIMIT)
 
 
 class ApiKeyRateThrottle(BaseThrottle):

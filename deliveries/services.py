@@ -39,7 +39,7 @@ from drones.selectors import delivery_impossible_reason, drone_plan_best
 from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
 from portal import metrics, telemetry
 from portal.db import execute, prepare_insert
-from portal.errors import Conflict, NotFound, Unprocessable
+from portal.errors import Conflict, LimitReached, NotFound, Unprocessable
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,10 @@ def delivery_create(
         if quote_id
         else None
     )
+    book_at = booking_time(request.pickup_time, now=now)
+    deliveries_limit_check(
+        business_id=business_id, customer_id=customer_id, ahead=book_at is not None
+    )
     delivery = Delivery(
         business_id=business_id,
         customer_id=customer_id,
@@ -311,7 +315,7 @@ def delivery_create(
         quote=quote,
         price_amount=quote.price_amount if quote else price_for(request, route=route),
         price_currency=quote.price_currency if quote else settings.PRICE_CURRENCY,
-        book_at=booking_time(request.pickup_time, now=now),
+        book_at=book_at,
         route={"to_dropoff": route_json(route)},
         traceparent=telemetry.traceparent(),
     )
@@ -325,6 +329,36 @@ def delivery_create(
     telemetry.annotate(delivery_id=delivery.id, business_id=business_id)
     metrics.DELIVERY_STAGE_CHANGES.inc(stage=Status.REQUESTED)
     return delivery
+
+
+FINISHED = (Status.DELIVERED, Status.CANCELLED, Status.FAILED)
+
+
+def deliveries_limit_check(*, business_id: UUID, customer_id: int | None, ahead: bool) -> None:
+    """LimitReached when the business already has BUSINESS_MAX_ACTIVE_DELIVERIES under way (or
+    BUSINESS_MAX_SCHEDULED_DELIVERIES booked ahead, for a later pickup), so that no business can
+    hold the fleet. A site customer's delivery (of the customers' business, which serves every
+    customer of the site) counts against that customer's CUSTOMER_MAX_* instead.
+
+    A count, not a lock: two requests at once may both pass at the limit, which lets a business
+    exceed it by its concurrency at most."""
+    who = "customer" if customer_id is not None else "business"
+    limit = getattr(settings, f"{who.upper()}_MAX_{'SCHEDULED' if ahead else 'ACTIVE'}_DELIVERIES")
+    if limit <= 0:
+        return
+    held = Delivery.objects.filter(
+        Q(customer_id=customer_id) if customer_id is not None else Q(business_id=business_id)
+    )
+    if ahead:
+        held = held.filter(status=Status.REQUESTED, book_at__isnull=False)
+    else:
+        held = held.exclude(status__in=FINISHED).filter(book_at__isnull=True)
+    if held.values("pk")[:limit].count() >= limit:
+        what = "booked ahead" if ahead else "under way"
+        raise LimitReached(
+            f"this {who} already has {limit} deliveries {what}, the most allowed; "
+            "retry when some have finished",
+        )
 
 
 def booking_time(pickup_time: datetime | None, *, now: datetime) -> datetime | None:

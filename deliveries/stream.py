@@ -95,6 +95,13 @@ def _business_delivery(request: HttpRequest, delivery_id: str) -> uuid.UUID | Ht
         principal = api.user
     except exceptions.AuthenticationFailed as exc:
         return _error(401, "authentication_failed", str(exc.detail), WWW_Authenticate=KEYWORD)
+    except exceptions.Throttled as exc:  # too many failed authentications from the address
+        return _error(
+            429,
+            "throttled",
+            str(exc.detail),
+            Retry_After=str(math.ceil(getattr(exc, "wait", None) or 1)),
+        )
     if not isinstance(principal, BusinessPrincipal):
         return _error(
             401,

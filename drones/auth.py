@@ -11,9 +11,10 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 from rest_framework_api_key.crypto import KeyGenerator
 
-from businesses.auth import presented_key
+from businesses.auth import auth_failure, auth_failures_check, presented_key
 from drones.models import TelemetryKey
 from drones.telemetry import Reporter
+from portal.limits import auth_failures
 
 KEYWORD = "Telemetry-Key"
 
@@ -42,14 +43,18 @@ class TelemetryKeyAuthentication(BaseAuthentication):
         if presented is None:
             return None
         prefix, key = presented
+        failures = auth_failures(request)
+        auth_failures_check(failures, failures.count())
         record = (
             TelemetryKey.objects.filter(prefix=prefix, revoked=False)
             .prefetch_related("bases")
             .first()
         )
         if record is None or not self.generator.verify(key, record.hashed_key):
+            auth_failure(request, failures)
             raise exceptions.AuthenticationFailed("invalid or revoked telemetry key")
         if record.expiry_date is not None and record.expiry_date < timezone.now():
+            auth_failure(request, failures)
             raise exceptions.AuthenticationFailed("this telemetry key has expired")
         reporter = Reporter(
             key_prefix=prefix,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 from rest_framework import exceptions, serializers, status
@@ -64,19 +65,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if exc.field:
             body["fields"] = {exc.field: [exc.message]}
         return Response({"error": body}, status=_domain_status(exc))
-    if isinstance(exc, DatabaseError | RedisError | ConnectionInterrupted):
-        # The database or the Redis that holds keys and rate limits is down: retry, not a bug.
-        logger.exception("dependency unavailable")
-        return Response(
-            {
-                "error": {
-                    "code": "unavailable",
-                    "message": "the service is briefly unavailable; retry",
-                }
-            },
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
+    if isinstance(exc, DatabaseError | InterfaceError | RedisError | ConnectionInterrupted):
+        return _dependency_error(exc)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.messages)
     response = drf_exception_handler(exc, context)
@@ -92,6 +82,38 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = exc.detail
         response.data = {"error": {"code": exc.get_codes(), "message": str(detail)}}
     return response
+
+
+def _dependency_error(exc: Exception) -> Response:
+    """503 with Retry-After for a lost or refused connection to the database or Redis (keys,
+    rate limits): an outage, retry. Any other database or Redis error (an integrity or
+    programming error, a refused command) is a bug: a logged 500 whose body carries only an
+    error id, for the client to quote and operators to find in the log."""
+    from portal import outages
+
+    if outages.unavailable(exc):
+        logger.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+        return Response(
+            {
+                "error": {
+                    "code": "unavailable",
+                    "message": "the service is briefly unavailable; retry",
+                }
+            },
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    error_id = uuid.uuid4().hex
+    logger.error("unexpected error %s", error_id, exc_info=exc, extra={"error_id": error_id})
+    return Response(
+        {
+            "error": {
+                "code": "server_error",
+                "message": f"an unexpected error occurred; quote error id {error_id}",
+            }
+        },
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
 
 
 class Pagination(PageNumberPagination):

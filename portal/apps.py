@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class PortalConfig(AppConfig):
     name = "portal"
     verbose_name = "Fabrikam portal"
+
+    def ready(self) -> None:
+        from django.contrib import admin
+
+        from portal.logins import ThrottledAdminAuthenticationForm
+
+        # Admin's sign-in is throttled as the site's is (portal/logins.py).
+        admin.site.login_form = ThrottledAdminAuthenticationForm

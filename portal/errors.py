@@ -38,3 +38,10 @@ class Unavailable(DomainError):
     """A dependency the request needs is down; the client may retry."""
 
     code = "unavailable"
+
+
+class LimitReached(DomainError):
+    """The caller holds as much as it may (deliveries under way or booked ahead) until some
+    finish; the client may retry later."""
+
+    code = "limit_reached"

@@ -13,6 +13,7 @@ from deliveries.models import Delivery
 from deliveries.services import DeliveryRequest, Place
 from drones.geo import Point
 from portal.errors import DomainError
+from portal.logins import LoginThrottleMixin
 from portal.places import KNOWN_PLACES, known_place
 
 SIZE_CHOICES = [
@@ -53,8 +54,9 @@ class SignUpForm(forms.Form):
         return data
 
 
-class EmailAuthenticationForm(AuthenticationForm):
-    """Django's login form, asking for the email address the account was made with."""
+class EmailAuthenticationForm(LoginThrottleMixin, AuthenticationForm):
+    """Django's login form, asking for the email address the account was made with; failed
+    sign-ins limited per address and per account (portal/logins.py)."""
 
     username = forms.CharField(
         label="Email address",

@@ -139,6 +139,8 @@ MIDDLEWARE = [
     # before the host check and the HTTPS redirect (scrapers reach pods by IP, over HTTP).
     "portal.logs.AccessLogMiddleware",
     "portal.metrics.MetricsEndpointMiddleware",
+    # A body over DATA_UPLOAD_MAX_MEMORY_SIZE: 413, read to its end first (portal/limits.py).
+    "portal.limits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -295,18 +297,27 @@ DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "Fabrikam Drone Delivery <nore
 
 # Security. TLS ends at the Application Gateway, which says so in X-Forwarded-Proto;
 # probes reach pods over plain HTTP and must not be redirected.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# SECURE_PROXY_SSL_HEADER: "Header-Name: value" the ingress sets on HTTPS requests (it must
+# also strip a client's own); empty when nothing in front says so.
+_proxy_ssl = (envstr("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto: https") or "").partition(":")
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl[0].strip().upper().replace("-", "_"), _proxy_ssl[2].strip())
+    if _proxy_ssl[0].strip()
+    else None
+)
 SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", not DEBUG)
 # Drones' gateways inside the cluster (the fleet simulator) post telemetry to the web Service
 # over plain HTTP; from outside it arrives through the TLS ingress like everything else.
 SECURE_REDIRECT_EXEMPT = [r"^healthz/", r"^api/v1/telemetry$"]
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
 SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = envstr("SECURE_REFERRER_POLICY") or "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 SILENCED_SYSTEM_CHECKS = [
     # HSTS preload is a commitment of the whole domain; it is opt-in (SECURE_HSTS_PRELOAD).
     "security.W021",
@@ -402,6 +413,21 @@ elif CELERY_BROKER_URL.startswith("azureservicebus"):
 WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"
 
 API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
+# Failed authentications (API and telemetry keys) allowed per client address; past it every
+# authenticated request from the address is 429 until the window ends (portal/limits.py).
+AUTH_FAILURE_RATE_LIMIT = envstr("AUTH_FAILURE_RATE_LIMIT") or "30/minute"
+# Failed sign-ins (the site's /login and admin's) allowed per client address and per user name.
+LOGIN_FAILURE_RATE_LIMIT = envstr("LOGIN_FAILURE_RATE_LIMIT") or "10/15minutes"
+# How many reverse proxies in front of the web process append to X-Forwarded-For (1 on AKS: the
+# Application Gateway). 0: the client's address is REMOTE_ADDR and X-Forwarded-For is ignored.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+# Per business: deliveries not yet finished, and deliveries waiting for a later pickup. Past
+# either a new one is 429 (0: no limit). The customers' business on the site counts per
+# customer instead (CUSTOMER_MAX_*): it serves every customer of the site.
+BUSINESS_MAX_ACTIVE_DELIVERIES = envint("BUSINESS_MAX_ACTIVE_DELIVERIES", 100)
+BUSINESS_MAX_SCHEDULED_DELIVERIES = envint("BUSINESS_MAX_SCHEDULED_DELIVERIES", 500)
+CUSTOMER_MAX_ACTIVE_DELIVERIES = envint("CUSTOMER_MAX_ACTIVE_DELIVERIES", 5)
+CUSTOMER_MAX_SCHEDULED_DELIVERIES = envint("CUSTOMER_MAX_SCHEDULED_DELIVERIES", 10)
 
 HEALTHCHECK_TIMEOUT_SECONDS = float(envstr("HEALTHCHECK_TIMEOUT_SECONDS", "2") or 2)
 # Which dependencies /healthz/ready checks in this process (comma-separated; default database
