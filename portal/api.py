@@ -16,7 +16,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from portal.errors import Conflict, DomainError, NotFound, Unavailable
+from portal.errors import Conflict, DomainError, LimitReached, NotFound, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ DOMAIN_STATUS = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
     Unavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    LimitReached: status.HTTP_429_TOO_MANY_REQUESTS,
 }
 
 
