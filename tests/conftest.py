@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,41 @@ def process_env(tmp_path: Path) -> dict[str, str]:
     env["WORKER_HEARTBEAT_FILE"] = str(tmp_path / "worker-heartbeat")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class _ServerErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The API's 500 (portal.api logs it with its error id), and Django's for other views.
+        if hasattr(record, "error_id") or getattr(record, "status_code", None) == 500:
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_server_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A 500 answered in this process fails the test: it is a bug, not an outage (an outage is
+    a 503). A test that provokes one on purpose asks for `expect_server_error`."""
+    handler = _ServerErrors()
+    loggers = [logging.getLogger("portal.api"), logging.getLogger("django.request")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    if handler.records and "expect_server_error" not in request.fixturenames:
+        pytest.fail(
+            "unexpected 500: " + "; ".join(record.getMessage() for record in handler.records)
+        )
+
+
+@pytest.fixture
+def expect_server_error() -> None:
+    """This test answers a 500 on purpose (see no_unexpected_server_errors)."""
 
 
 @pytest.fixture(autouse=True)
