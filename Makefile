@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck security pytest bench clean
 
 # The deployment check's tools (helm, kustomize, kubernetes-validate, checkov) in a venv of their own.
 -include deploy/check.mk
@@ -24,11 +24,12 @@ run: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: install
 	$(PY) -m portal.localservices run -- $(PY) -m portal.devrun
 
-## Lint, type-check and run the whole test suite.
+## Lint, type-check, scan the code and the pins (bandit, pip-audit), run the whole test suite.
 test: install deploy-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DEBUG=true $(VENV)/bin/mypy .
+	$(PY) .ci/supply-chain
 	$(PY) -m pytest
 
 lint: install
@@ -37,6 +38,10 @@ lint: install
 
 typecheck: install
 	DEBUG=true $(VENV)/bin/mypy .
+
+## bandit over the code, pip-audit over the pins (says so when it cannot reach its data).
+security: install
+	$(PY) .ci/supply-chain
 
 pytest: install deploy-tools
 	$(PY) -m pytest $(ARGS)

@@ -138,7 +138,7 @@ def wait_http(url: str, *, timeout: float, child: subprocess.Popen[bytes], log: 
             raise SystemExit(f"the server exited with {child.returncode}; see {log}")
         with (
             contextlib.suppress(OSError),
-            urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310 - loopback
+            urllib.request.urlopen(url, timeout=1) as response,  # noqa: S310  # nosec B310 # http to loopback
         ):
             if response.status == 200:
                 return

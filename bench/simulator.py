@@ -194,7 +194,7 @@ def main() -> None:
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).close()  # nosec B310 # http to loopback
                 break
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("the sink did not start")

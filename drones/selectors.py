@@ -333,7 +333,7 @@ def _fleet_pairs() -> list[_Pair]:
         FROM {_table(DroneModel)} m
         UNION ALL
         SELECT 'base', id, lat, lon, NULL, NULL FROM {_table(Base)}
-    """  # noqa: S608 - table names only
+    """  # noqa: S608  # nosec B608 # table names only
     with connection.cursor() as cursor:
         cursor.execute(sql)
         rows = cursor.fetchall()
@@ -356,7 +356,8 @@ def _populated_pairs(max_age_seconds: float) -> list[_Pair]:
     if _populated is not None and now - _populated[0] <= max_age_seconds:
         return _populated[1]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT DISTINCT model_id, base_id FROM {_table(Drone)}")  # noqa: S608
+        sql = f"SELECT DISTINCT model_id, base_id FROM {_table(Drone)}"  # noqa: S608  # nosec B608 # a table name
+        cursor.execute(sql)
         present = {(_uuid(model_id), _uuid(base_id)) for model_id, base_id in cursor.fetchall()}
     pairs = [pair for pair in _fleet_pairs() if (pair.model.id, pair.base_id) in present]
     _populated = (now, pairs)
@@ -371,7 +372,7 @@ def _any_drone_of(pairs: list[_Pair]) -> bool:
         SELECT * FROM (
             SELECT 1 AS hit FROM {_table(Drone)} WHERE model_id = %s AND base_id = %s LIMIT 1
         ) AS pair{{}}
-    """  # noqa: S608 - placeholders and table names only
+    """  # noqa: S608  # nosec B608 # placeholders and table names only
     sql = " UNION ALL ".join(one.format(i) for i in range(len(pairs))) + " LIMIT 1"
     db_uuid = _uuid_param()
     params = [x for p in pairs for x in (db_uuid(p.model.id), db_uuid(p.base_id))]
@@ -412,7 +413,7 @@ def _home_sql(trip: _Trip, arms: list[_Arm]) -> tuple[str, list[Any]]:
             ORDER BY battery_pct DESC
             LIMIT 1
         ) AS home{{}}
-    """  # noqa: S608 - placeholders and table names only
+    """  # noqa: S608  # nosec B608 # placeholders and table names only
     db_uuid = _uuid_param()
     excluded = [db_uuid(v) for v in sorted(trip.exclude)]
     params: list[Any] = []
@@ -503,7 +504,7 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
             ORDER BY hours2
             LIMIT %s
         ) AS away
-    """  # noqa: S608 - placeholders and table names only
+    """  # noqa: S608  # nosec B608 # placeholders and table names only
     all_params = [
         *km2_params,
         *km_per_pct,

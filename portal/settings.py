@@ -410,7 +410,7 @@ elif CELERY_BROKER_URL.startswith("azureservicebus"):
             "retry_backoff_max": BROKER_SOCKET_TIMEOUT_SECONDS,
         }
     )
-WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"
+WORKER_HEARTBEAT_FILE = envstr("WORKER_HEARTBEAT_FILE") or "/tmp/worker-heartbeat"  # nosec B108 # the container's own emptyDir
 
 API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
 # Failed authentications (API and telemetry keys) allowed per client address; past it every

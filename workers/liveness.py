@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument(
         "--file",
-        default=os.environ.get("WORKER_HEARTBEAT_FILE", "/tmp/worker-heartbeat"),
+        default=os.environ.get("WORKER_HEARTBEAT_FILE", "/tmp/worker-heartbeat"),  # nosec B108 # the container's own emptyDir
         help="heartbeat file (default $WORKER_HEARTBEAT_FILE or /tmp/worker-heartbeat)",
     )
     args = parser.parse_args(argv)

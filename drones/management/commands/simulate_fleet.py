@@ -64,7 +64,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--heartbeat-file",
-            default=os.environ.get("SIMULATOR_HEARTBEAT_FILE") or "/tmp/simulator-heartbeat",
+            default=os.environ.get("SIMULATOR_HEARTBEAT_FILE") or "/tmp/simulator-heartbeat",  # nosec B108 # the container's own emptyDir
             help="touched after every tick the API answered (default "
             "$SIMULATOR_HEARTBEAT_FILE, else /tmp/simulator-heartbeat)",
         )
