@@ -16,7 +16,12 @@ CUSTOMER_REASONS: tuple[tuple[str, str], ...] = (
     ("There are no drones in the fleet", "no drone was available"),
     ("The package weighs", "the package is too heavy for our drones"),
     ("The shortest trip", "the trip is beyond our drones' range"),
+    # The workflow's outages and errors (deliveries.services): their detail is for operators.
+    ("a service it needs was unavailable", "a temporary fault on our side kept it from a drone"),
+    ("a step of the workflow failed", "a fault on our side kept it from a drone"),
+    ("its workflow message was delivered", "a fault on our side kept it from a drone"),
 )
+GENERIC = "it could not be delivered"
 
 
 def customer_reason(failure_reason: str) -> str | None:
@@ -25,3 +30,9 @@ def customer_reason(failure_reason: str) -> str | None:
         if failure_reason.startswith(start):
             return words
     return None
+
+
+def public_reason(failure_reason: str) -> str:
+    """What businesses (the API) read: the customer words, or a plain sentence for anything
+    else, never an error's text or an operator's note."""
+    return customer_reason(failure_reason) or GENERIC

@@ -452,6 +452,9 @@ def outbox_publish(
     return True
 
 
+RELAY_PUBLISH_TIMEOUT_SECONDS = 5.0
+
+
 def outbox_relay(*, older_than_seconds: float = 5.0, batch: int = 500) -> int:
     """Publish stored messages that were not published after their commit. Returns how many."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
@@ -466,6 +469,7 @@ def outbox_relay(*, older_than_seconds: float = 5.0, batch: int = 500) -> int:
         with telemetry.continued(
             message["traceparent"], "outbox.relay", outbox_message_id=message["id"]
         ):
+            # No request waits on the relay: it may give a slow broker longer than the budget.
             sent = outbox_publish(
                 task=message["task"],
                 payload=message["payload"],
@@ -489,9 +493,6 @@ def deliveries_sweep(*, grace: timedelta = timedelta(seconds=120)) -> int:
 
     Covers a message lost by the broker (Redis without persistence) or a worker killed between
     two steps: the workflow is idempotent, so a spare message is harmless.
-RELAY_PUBLISH_TIMEOUT_SECONDS = 5.0
-
-
     """
     now = timezone.now()
     cutoff = now - grace
@@ -506,7 +507,6 @@ RELAY_PUBLISH_TIMEOUT_SECONDS = 5.0
         with transaction.atomic():
             updated = Delivery.objects.filter(
                 pk=delivery_id, status=Status.REQUESTED, attempts=attempts
-            # No request waits on the relay: it may give a slow broker longer than the budget.
             ).update(next_attempt_at=now + grace)
             if updated:
                 _workflow_enqueue(
@@ -648,16 +648,41 @@ def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: st
     return AssignOutcome("wait", delivery, retry_in=delay, attempt=attempt + 1)
 
 
+# How the workflow's reasons for giving up on an outage or an error begin (deliveries.reasons
+# gives customers and businesses plain words for them; the rest is for operators).
+UNAVAILABLE_REASON = "a service it needs was unavailable until its deadline"
+STEP_FAILED_REASON = "a step of the workflow failed"
+DEAD_LETTER_REASON = "its workflow message was delivered too many times without finishing"
+
+
+def delivery_retry_later(*, delivery_id: UUID, attempt: int, reason: str) -> AssignOutcome:
+    """A step of attempt `attempt` failed: the next attempt after a backoff (the outcome says
+    when), or fail with `reason` past the delivery's assignment deadline. Nothing (done) when
+    another message already moved the delivery on."""
+    delivery = Delivery.objects.filter(pk=delivery_id).first()
+    if delivery is None or delivery.status != Status.REQUESTED or delivery.attempts != attempt:
+        return AssignOutcome("done", delivery)
+    return _wait_or_give_up(delivery, attempt, timezone.now(), reason)
+
+
 def delivery_fail(*, delivery_id: UUID, reason: str) -> bool:
     """Give up: mark failed with the reason (its drone, if any, is released). False when the
-    delivery is gone or already past failing (delivered, cancelled, failed)."""
+    delivery is gone or already past failing (delivered, cancelled, failed).
+
+    The reason, with any error's detail, is for operators; the event's note, which businesses
+    read, is the reason in plain words (deliveries.reasons)."""
+    from deliveries.reasons import public_reason
+
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id).first()
         if delivery is None:
             return False
         try:
             delivery_move(
-                delivery, Status.FAILED, note=reason, changes={"failure_reason": reason[:300]}
+                delivery,
+                Status.FAILED,
+                note=public_reason(reason),
+                changes={"failure_reason": reason[:300]},
             )
         except InvalidStageTransition:
             return False

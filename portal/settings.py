@@ -489,6 +489,10 @@ IDEMPOTENCY_TTL_SECONDS = envint("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 DELIVERY_ASSIGN_TIMEOUT_SECONDS = envint("DELIVERY_ASSIGN_TIMEOUT_SECONDS", 2 * 3600)
 DELIVERY_RETRY_BASE_SECONDS = float(envstr("DELIVERY_RETRY_BASE_SECONDS") or 2)
 DELIVERY_RETRY_MAX_SECONDS = float(envstr("DELIVERY_RETRY_MAX_SECONDS") or 60)
+# A workflow message delivered this many times without finishing (its worker killed each time)
+# fails its delivery for operators to see, below Service Bus's MaxDeliveryCount (10) and the
+# RabbitMQ quorum queue's x-delivery-limit, which dead-letter it (README, production checklist).
+WORKFLOW_MAX_DELIVERIES = envint("WORKFLOW_MAX_DELIVERIES", 5)
 DRONE_BATTERY_RESERVE_PCT = float(envstr("DRONE_BATTERY_RESERVE_PCT") or 20)
 # How old the fleet's shape (which models live at which bases) may be when the API refuses a
 # delivery no drone could ever make; the workflow always checks against the database.

@@ -7,6 +7,7 @@ Tasks take ids and re-read the world, so a redelivered message is harmless; that
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from uuid import UUID
 
@@ -17,11 +18,14 @@ from deliveries.models import Delivery
 from drones import telemetry
 from notifications import services as notifications
 from packages.services import package_upsert
+from portal import outages
 from portal import telemetry as tracing
 from webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
 
+# An error that is not an outage (a bug, a refused write) is tried this many times, then the
+# delivery fails; an outage is retried until the delivery's own deadline (below).
 MAX_RETRIES = 8
 
 
@@ -31,28 +35,104 @@ def ping() -> str:
     return "pong"
 
 
-@shared_task(bind=True, name=services.WORKFLOW_TASK, max_retries=MAX_RETRIES)
-def delivery_process(self: Task, delivery_id: str, attempt: int = 0) -> str:
+@shared_task(bind=True, name=services.WORKFLOW_TASK)
+def delivery_process(
+    self: Task, delivery_id: str, attempt: int = 0, not_before: float | None = None
+) -> str:
     """The delivery workflow: package document, drone, live status (the customer's emails are
     recorded by the stage change, notifications).
 
-    A step that raises is retried with exponential backoff; when the retries run out the
-    delivery is failed with the reason and its drone released, for operators to retry.
+    A step that fails because a dependency is out of reach (MongoDB, Redis, the broker, the
+    database, the mail server) is tried again with backoff until the delivery's own assignment
+    deadline, however long the outage; any other error MAX_RETRIES times. Then the delivery
+    fails, its drone released, with the error for operators (customers see plain words,
+    deliveries.reasons). Every retry is a new attempt, taken by compare-and-swap on the
+    delivery, so that a duplicate message or the sweeper's never runs a second chain.
+
+    `not_before`: a wait longer than BROKER_MAX_COUNTDOWN_SECONDS (under the Service Bus lock)
+    is taken in hops, each message publishing the next until then.
     """
+    if not_before is not None and not_before - time.time() > 0.5:
+        _publish_next(delivery_id, attempt, not_before - time.time(), retries=self.request.retries)
+        return "waiting"
+    if _delivered_too_often(self, delivery_id):
+        return "failed"
     try:
         return _delivery_process(UUID(delivery_id), attempt)
     except Exception as exc:
-        if self.request.retries >= MAX_RETRIES:
+        transient = outages.transient(exc)
+        retries = self.request.retries or 0
+        detail = outages.describe(exc)
+        if not transient and retries >= MAX_RETRIES:
             logger.exception("delivery %s: workflow gave up", delivery_id)
             services.delivery_fail(
                 delivery_id=UUID(delivery_id),
-                # The error itself goes to the log above, not to the business or its customers.
-                reason=f"gave up after {MAX_RETRIES} retries: a service it needs kept failing",
+                reason=f"{services.STEP_FAILED_REASON} {MAX_RETRIES + 1} times ({detail})",
             )
             return "failed"
-        countdown = min(300, 2 ** (self.request.retries + 1))
-        logger.warning("delivery %s: step failed, retry in %s s: %s", delivery_id, countdown, exc)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        logger.warning("delivery %s: step failed, retrying: %s", delivery_id, detail)
+        outcome = services.delivery_retry_later(
+            delivery_id=UUID(delivery_id),
+            attempt=attempt,
+            reason=f"{services.UNAVAILABLE_REASON} ({detail})",
+        )
+        if outcome.result != "wait":
+            return outcome.result
+        _publish_next(
+            delivery_id, outcome.attempt, outcome.retry_in, retries=0 if transient else retries + 1
+        )
+        return "retrying"
+
+
+def _publish_next(delivery_id: str, attempt: int, delay: float, *, retries: int) -> None:
+    """The workflow's next message in `delay` seconds: a countdown of at most
+    BROKER_MAX_COUNTDOWN_SECONDS, and `not_before` for the rest. Unpublished (the broker down),
+    the delivery's next_attempt_at brings the sweeper to it."""
+    from django.conf import settings
+
+    try:
+        delivery_process.apply_async(  # type: ignore[call-arg] # retries: Celery's own option
+            kwargs={
+                "delivery_id": delivery_id,
+                "attempt": attempt,
+                "not_before": time.time() + delay,
+            },
+            countdown=max(0.0, min(delay, settings.BROKER_MAX_COUNTDOWN_SECONDS)),
+            retries=retries,
+        )
+    except Exception as exc:  # noqa: BLE001 - the sweeper republishes it
+        logger.warning(
+            "delivery %s: next message not published, the sweeper will: %s", delivery_id, exc
+        )
+
+
+def _delivered_too_often(task: Task, delivery_id: str) -> bool:
+    """The broker's dead-letter count, kept by us: a message delivered WORKFLOW_MAX_DELIVERIES
+    times without finishing (its worker killed each time, a lock lost each time) fails its
+    delivery for operators to see and retry, instead of going round for ever. Counted in Redis
+    per message id (a redelivery keeps its id); without Redis, not counted."""
+    from django.conf import settings
+    from django_redis import get_redis_connection
+
+    message_id = task.request.id
+    if not message_id or task.request.is_eager:
+        return False
+    try:
+        client = get_redis_connection("default")
+        key = f"workflow:deliveries:{message_id}"
+        count = int(client.incr(key))
+        if count == 1:
+            client.expire(key, 24 * 3600)
+    except Exception:  # noqa: BLE001 - Redis down: the broker's own count still applies
+        return False
+    if count <= settings.WORKFLOW_MAX_DELIVERIES:
+        return False
+    logger.error("delivery %s: message %s delivered %s times", delivery_id, message_id, count)
+    services.delivery_fail(
+        delivery_id=UUID(delivery_id),
+        reason=f"{services.DEAD_LETTER_REASON} ({count} deliveries of message {message_id})",
+    )
+    return True
 
 
 def _delivery_process(delivery_id: UUID, attempt: int) -> str:
@@ -65,6 +145,8 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
     except Delivery.DoesNotExist:
         return "gone"
     tracing.annotate(business_id=delivery.business_id)
+    if delivery.status == Delivery.Status.REQUESTED and delivery.attempts != attempt:
+        return "stale"  # a newer attempt has its own message: one chain per delivery
     if delivery.status == Delivery.Status.REQUESTED:
         ids = {"delivery_id": delivery_id, "business_id": delivery.business_id}
         with tracing.step("package", **ids, package_id=delivery.package_id):
@@ -89,10 +171,7 @@ def _delivery_process(delivery_id: UUID, attempt: int) -> str:
         if outcome.delivery is not None:
             tracing.annotate(drone_id=outcome.delivery.drone_id)
         if outcome.result == "wait":
-            delivery_process.apply_async(
-                kwargs={"delivery_id": str(delivery_id), "attempt": outcome.attempt},
-                countdown=outcome.retry_in,
-            )
+            _publish_next(str(delivery_id), outcome.attempt, outcome.retry_in, retries=0)
             return "waiting"
     return "done"
 

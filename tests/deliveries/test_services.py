@@ -71,19 +71,30 @@ def test_the_sweeper_republishes_a_delivery_whose_message_was_lost(tenant: Tenan
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_workflow_that_keeps_failing_gives_up_with_the_reason(tenant: Tenant) -> None:
+def test_a_workflow_that_keeps_failing_gives_up_with_the_reason(
+    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymongo.errors
+
+    from workers import tasks
+
     make_fleet(1)
     delivery = services.delivery_create(business_id=tenant.business.id, request=request())
-    # MongoDB unreachable: the package step fails on the last allowed try.
-    dead = f"mongodb://127.0.0.1:{free_port()}/"
-    with override_settings(MONGODB_URI=dead, MONGODB_TIMEOUT_MS=300):
-        result = delivery_process.apply(
-            kwargs={"delivery_id": str(delivery.id)}, retries=MAX_RETRIES
-        ).get()
+
+    # An error, not an outage (MongoDB refuses the document): it fails on the last allowed
+    # try. (An outage is retried until the delivery's deadline: tests/outages.)
+    def refused(**_: object) -> None:
+        raise pymongo.errors.OperationFailure("Document failed validation", code=121)
+
+    monkeypatch.setattr(tasks, "package_upsert", refused)
+    result = delivery_process.apply(
+        kwargs={"delivery_id": str(delivery.id)}, retries=MAX_RETRIES
+    ).get()
     assert result == "failed"
     delivery.refresh_from_db()
     assert delivery.status == "failed"
-    assert "gave up" in delivery.failure_reason
+    assert delivery.failure_reason.startswith(services.STEP_FAILED_REASON)
+    assert "Document failed validation" in delivery.failure_reason  # for operators
     assert not Drone.objects.filter(assigned_delivery_id=delivery.id).exists()
 
 
