@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.db import models, transaction
 from django.http import HttpRequest
 
 from audit.models import AuditEntry
+from portal import limits
 
 if TYPE_CHECKING:
     from rest_framework.request import Request
@@ -63,18 +63,11 @@ def actor_of(request: AnyRequest) -> Actor:
 
 
 def client_address(request: AnyRequest) -> str | None:
-    """REMOTE_ADDR, or, behind TRUSTED_PROXY_COUNT proxies (the ingress), the X-Forwarded-For
-    entry the outermost trusted proxy appended; entries left of it are whatever the client sent
-    and never believed. None when that is not an IP address."""
-    address = request.META.get("REMOTE_ADDR") or ""
-    proxies = int(getattr(settings, "TRUSTED_PROXY_COUNT", 0) or 0)
-    if proxies > 0:
-        chain = [p.strip() for p in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
-        chain = [p for p in chain if p]
-        if len(chain) >= proxies:
-            address = chain[-proxies]
+    """The client's address as the failure limits see it (portal.limits: the ingress's
+    X-Forwarded-For only behind TRUSTED_PROXY_COUNT proxies); None when it is not an IP address."""
+    plain = getattr(request, "_request", request)  # DRF's Request wraps Django's
     try:
-        return str(ipaddress.ip_address(address))
+        return str(ipaddress.ip_address(limits.client_address(plain)))
     except ValueError:
         return None
 
