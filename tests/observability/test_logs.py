@@ -16,7 +16,7 @@ from django.conf import settings
 
 from tests.conftest import Tenant, delivery_body, make_fleet
 from tests.observability.conftest import OtlpReceiver, Stack
-from tests.observability.test_traces import request_span, workflow_done
+from tests.observability.test_traces import has_request_span, request_span, workflow_done
 from tests.support import wait_for
 
 
@@ -41,7 +41,7 @@ def test_lines_written_while_handling_a_request_carry_its_trace_id(
     )
     assert response.status_code == 202
     delivery_id = response.json()["id"]
-    wait_for(lambda: bool(otlp.find(delivery_id=delivery_id)), timeout=20, what="the POST's span")
+    wait_for(lambda: has_request_span(otlp, delivery_id), timeout=20, what="the POST's span")
     request = request_span(otlp, delivery_id)
     wait_for(lambda: workflow_done(otlp, request.trace_id), timeout=30, what="the workflow")
 
