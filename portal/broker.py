@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,7 +80,16 @@ class PublishTimeout(Exception):
 class _Publisher:
     pid: int
     executor: ThreadPoolExecutor
-    busy: Future[None] | None = None
+    # When the publish now in the thread started (None: none is): one older than the budget
+    # is hung, and the ones after it give up at once.
+    running_since: float | None = None
+
+    def run(self, name: str, kwargs: dict[str, Any]) -> None:
+        self.running_since = time.monotonic()
+        try:
+            _send(name, kwargs)
+        finally:
+            self.running_since = None
 
 
 _publisher: _Publisher | None = None
@@ -89,7 +99,8 @@ def send_task(name: str, kwargs: dict[str, Any], *, timeout: float | None = None
     """Publish task `name` with `kwargs` to the default queue within `timeout` seconds (default
     BROKER_PUBLISH_TIMEOUT_MS), or raise what the broker raised, or PublishTimeout.
 
-    One publishing thread per process: while a publish hangs there, the next ones give up at
+    One publishing thread per process: publishes of concurrent requests queue for it (each
+    takes about a millisecond), but while one hangs past the budget the next ones give up at
     once instead of queueing behind it (the broker is not answering; the outbox is the place
     for them)."""
     global _publisher
@@ -102,14 +113,16 @@ def send_task(name: str, kwargs: dict[str, Any], *, timeout: float | None = None
         if publisher is None or publisher.pid != os.getpid():
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
             publisher = _publisher = _Publisher(os.getpid(), executor)
-        if publisher.busy is not None and not publisher.busy.done():
+        since = publisher.running_since
+        if since is not None and time.monotonic() - since > timeout:
             raise PublishTimeout("the broker has not answered an earlier publish yet")
         # The caller's context (its trace) goes with the message.
         context = contextvars.copy_context()
-        future = publisher.busy = publisher.executor.submit(context.run, _send, name, kwargs)
+        future = publisher.executor.submit(context.run, publisher.run, name, kwargs)
     try:
         future.result(timeout=timeout)
     except FutureTimeout:
+        future.cancel()  # still queued behind a hung one: never sent, the outbox has it
         raise PublishTimeout(f"the broker did not answer within {timeout * 1000:.0f} ms") from None
 
 
