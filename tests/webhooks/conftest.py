@@ -31,6 +31,10 @@ class Receiver:
     secret: str = ""
     # Answer this many requests with 500 before taking them.
     fail_next: int = 0
+    # HTTP/1.1 keeping connections open, as most servers do; else HTTP/1.0, one per request.
+    keep_alive: bool = False
+    # The sender's end of every connection made to it.
+    connections: set[tuple[str, int]] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
     # The events processed: each webhook-id once, however often it arrives.
     processed: list[dict[str, Any]] = field(default_factory=list)
@@ -45,6 +49,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 headers = {name.lower(): value for name, value in self.headers.items()}
@@ -54,6 +60,7 @@ class Receiver:
                 except WebhookVerificationError:
                     payload, verified = None, False
                 with receiver.lock:
+                    receiver.connections.add(self.client_address)
                     receiver.received.append(
                         Received(headers.get("webhook-id", ""), headers, body, verified)
                     )
