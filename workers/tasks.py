@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -230,13 +231,27 @@ def notifications_housekeeping() -> int:
 
 @shared_task(name="workers.webhooks_dispatch")
 def webhooks_dispatch() -> int:
-    """Beat, every 2 s: claim the due webhook messages and hand each to a sender."""
-    return webhooks.webhooks_dispatch(send=lambda message_id: webhook_send.delay(message_id))
+    """Beat, every 2 s: claim the due webhook messages and hand them to senders in batches."""
+    return webhooks.webhooks_dispatch(
+        send_batch=lambda ids, until: webhooks_send.delay(ids, until.isoformat())
+    )
+
+
+@shared_task(name="workers.webhooks_send")
+def webhooks_send(message_ids: list[str], claimed_until: str) -> int:
+    """Send a claimed batch; the next message of each stream that got through follows as the
+    next batch, through the queue, so that other work gets its turn between batches."""
+    following = webhooks.webhook_batch_send(
+        message_ids=message_ids, claimed_until=datetime.fromisoformat(claimed_until)
+    )
+    if following.ids and following.until is not None:
+        webhooks_send.delay(following.ids, following.until.isoformat())
+    return len(message_ids)
 
 
 @shared_task(name="workers.webhook_send")
 def webhook_send(message_id: str) -> bool | None:
-    """Send one claimed message; when it got through, its stream's next one follows at once."""
+    """One message (sent by the dispatcher before batches; kept for messages still queued)."""
     sent = webhooks.webhook_message_send(message_id=message_id)
     if sent:
         for next_id in webhooks.webhook_stream_next(message_id=message_id):
