@@ -19,8 +19,10 @@ processes trust through SSL_CERT_FILE: the sender runs its production path, TLS 
    stage event), M deliveries each moved through every stage by deliveries.lifecycle
    .delivery_move (so `assigned`, `picked_up`, `delivered` are recorded for each endpoint, 3 x N
    x M messages) while no worker runs; then the worker (concurrency 2) and beat are started.
-   The receiver (a ThreadingHTTPServer in a process of its own) answers 200, counts requests
-   and distinct `webhook-id`s, and verifies a sample of signatures with
+   The receiver (a ThreadingHTTPServer in a process of its own) answers 200 over HTTP/1.1
+   keeping connections open, as the servers businesses run do (an HTTP/1.0 receiver would
+   make every event a new TLS handshake on both sides), counts requests and distinct
+   `webhook-id`s, and verifies a sample of signatures with
    `standardwebhooks.Webhook(secret).verify`. Figures: events delivered per second, first to
    last receipt, and the worker processes' CPU (bench/cpu.py).
 2. POST p99: open loop at --post-rate per second against gunicorn, first with no webhook
@@ -129,6 +131,8 @@ def receiver_process(port: int, secrets: dict[str, str], count: Any, stop: Any, 
     stats = {"requests": 0, "verified": 0, "bad": 0, "first": 0.0, "last": 0.0}
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             message_id = self.headers.get("webhook-id", "")
@@ -161,8 +165,11 @@ def receiver_process(port: int, secrets: dict[str, str], count: Any, stop: Any, 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((HOST, port), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the sender opens a few connections per endpoint at once
+
+    server = Server((HOST, port), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(CERT_FILE, KEY_FILE)
     server.socket = context.wrap_socket(server.socket, server_side=True)
