@@ -11,10 +11,12 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
-    inline_serializer,
+    extend_schema_field,
+    extend_schema_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -25,9 +27,8 @@ from audit.services import audited
 from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
 from drones.geo import Point
-from portal.api import Pagination, validated
+from portal.api import Pagination, represented, validated
 from portal.errors import NotFound
-from portal.timefmt import iso
 
 # --- input ------------------------------------------------------------------------------------
 
@@ -37,7 +38,10 @@ class AwareDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value: Any) -> datetime:
         # DRF reads a time without a zone in the server's zone; ask Django's parser instead.
-        given = parse_datetime(value.strip()) if isinstance(value, str) else None
+        try:
+            given = parse_datetime(value.strip()) if isinstance(value, str) else None
+        except ValueError:  # well-formed but no such time: 2027-02-30, 25:00
+            self.fail("invalid", format="ISO 8601, e.g. 2026-05-01T14:30:00Z")
         if given is not None and given.tzinfo is None:
             raise serializers.ValidationError(
                 "include a time zone, e.g. 2026-05-01T14:30:00Z or +02:00"
@@ -45,19 +49,29 @@ class AwareDateTimeField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
-class PlaceIn(serializers.Serializer):
+class _Closed(serializers.Serializer):
+    """An input object whose members are all its fields: any other is refused by name."""
+
+    refuses_unknown_fields = True  # the schema says so (portal/schema.py)
+
+    def to_internal_value(self, data: Any) -> Any:
+        _refuse_unknown_fields(self, data)
+        return super().to_internal_value(data)
+
+
+class PlaceIn(_Closed):
     lat = serializers.FloatField(help_text="WGS84 latitude in decimal degrees")
     lon = serializers.FloatField(help_text="WGS84 longitude in decimal degrees")
     address = serializers.CharField(max_length=300, required=False, allow_blank=True, default="")
 
 
-class PackageIn(serializers.Serializer):
+class PackageIn(_Closed):
     size = serializers.ChoiceField(choices=Delivery.Size.choices)
     weight_kg = serializers.FloatField()
     tag = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
 
 
-class RecipientIn(serializers.Serializer):
+class RecipientIn(_Closed):
     name = serializers.CharField(max_length=200)
     email = serializers.EmailField(required=False, allow_blank=True, default="")
     phone = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
@@ -75,6 +89,7 @@ class DeliveryIn(serializers.Serializer):
     )
     recipient = RecipientIn(required=False, allow_null=True, default=None)
     quote_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    refuses_unknown_fields = True  # the schema says so (portal/schema.py)
 
     def to_internal_value(self, data: Any) -> Any:
         _refuse_unknown_fields(self, data)
@@ -85,6 +100,8 @@ class RescheduleIn(serializers.Serializer):
     pickup_time = AwareDateTimeField(required=False)
     dropoff = PlaceIn(required=False)
     deadline = AwareDateTimeField(required=False)
+    refuses_unknown_fields = True
+    min_properties = 1
 
     def to_internal_value(self, data: Any) -> Any:
         _refuse_unknown_fields(self, data, hint="only pickup_time, dropoff and deadline change")
@@ -125,6 +142,7 @@ def delivery_request_from(data: dict[str, Any]) -> services.DeliveryRequest:
 
 
 # --- output -----------------------------------------------------------------------------------
+# What the API sends, each answer through one of these (so the schema is what is sent).
 
 
 class MoneyOut(serializers.Serializer):
@@ -139,6 +157,7 @@ class QuoteOut(serializers.Serializer):
     dropoff_eta = serializers.DateTimeField()
     expires_at = serializers.DateTimeField()
 
+    @extend_schema_field(MoneyOut)
     def get_price(self, quote: Quote) -> dict[str, str]:
         return {"amount": str(quote.price_amount), "currency": quote.price_currency}
 
@@ -161,68 +180,150 @@ class StatusOut(serializers.Serializer):
     failure_reason = serializers.CharField(allow_null=True)
 
 
+class EventLocationOut(serializers.Serializer):
+    lat = serializers.FloatField()
+    lon = serializers.FloatField()
+    alt_m = serializers.FloatField(allow_null=True)
+
+
 class EventOut(serializers.Serializer):
     status = serializers.CharField()
     at = serializers.DateTimeField()
     location = serializers.SerializerMethodField()
     note = serializers.CharField()
 
+    @extend_schema_field(EventLocationOut(allow_null=True))
     def get_location(self, event: Any) -> dict[str, float | None] | None:
         if event.lat is None:
             return None
         return {"lat": event.lat, "lon": event.lon, "alt_m": event.alt_m}
 
 
-def delivery_document(delivery: Delivery, *, events: bool = False) -> dict[str, Any]:
-    """The JSON of a delivery; plain code, as it sits on the ingestion hot path."""
-    document: dict[str, Any] = {
-        "id": str(delivery.id),
-        "status": delivery.status,
-        "tracking_url": tracking_url(delivery),
-        "pickup": {
+class PlaceOut(serializers.Serializer):
+    lat = serializers.FloatField(help_text="WGS84 latitude in decimal degrees")
+    lon = serializers.FloatField(help_text="WGS84 longitude in decimal degrees")
+    address = serializers.CharField(allow_blank=True)
+
+
+class PackageOut(serializers.Serializer):
+    id = serializers.UUIDField(help_text="the package document's id")
+    size = serializers.ChoiceField(choices=Delivery.Size.choices)
+    weight_kg = serializers.FloatField()
+    tag = serializers.CharField(allow_blank=True)
+
+
+class RecipientOut(serializers.Serializer):
+    name = serializers.CharField()
+    email = serializers.CharField(allow_blank=True)
+    phone = serializers.CharField(allow_blank=True)
+
+
+class DroneRefOut(serializers.Serializer):
+    id = serializers.UUIDField()
+    serial = serializers.CharField()
+
+
+class RouteOut(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["LineString"])
+    coordinates = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2),
+        help_text="[lon, lat] pairs: around every no-fly zone active when planned",
+    )
+
+
+@extend_schema_serializer(component_name="Delivery")
+class DeliveryOut(serializers.Serializer):
+    """A delivery, as every answer about one (and each webhook's `data`) shows it."""
+
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Delivery.Status.choices)
+    tracking_url = serializers.SerializerMethodField()
+    pickup = serializers.SerializerMethodField()
+    dropoff = serializers.SerializerMethodField()
+    package = serializers.SerializerMethodField()
+    pickup_time = serializers.DateTimeField(allow_null=True)
+    deadline = serializers.DateTimeField(allow_null=True)
+    expedited = serializers.BooleanField()
+    confirmation_required = serializers.ChoiceField(choices=Delivery.Confirmation.choices)
+    recipient = serializers.SerializerMethodField()
+    price = serializers.SerializerMethodField()
+    quote_id = serializers.UUIDField(allow_null=True)
+    drone = serializers.SerializerMethodField()
+    pickup_eta = serializers.DateTimeField(allow_null=True)
+    dropoff_eta = serializers.DateTimeField(allow_null=True)
+    failure_reason = serializers.SerializerMethodField()
+    route = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    @extend_schema_field(serializers.URLField(help_text="the public tracking page"))
+    def get_tracking_url(self, delivery: Delivery) -> str:
+        return tracking_url(delivery)
+
+    @extend_schema_field(PlaceOut)
+    def get_pickup(self, delivery: Delivery) -> dict[str, Any]:
+        return {
             "lat": delivery.pickup_lat,
             "lon": delivery.pickup_lon,
             "address": delivery.pickup_address,
-        },
-        "dropoff": {
+        }
+
+    @extend_schema_field(PlaceOut)
+    def get_dropoff(self, delivery: Delivery) -> dict[str, Any]:
+        return {
             "lat": delivery.dropoff_lat,
             "lon": delivery.dropoff_lon,
             "address": delivery.dropoff_address,
-        },
-        "package": {
+        }
+
+    @extend_schema_field(PackageOut)
+    def get_package(self, delivery: Delivery) -> dict[str, Any]:
+        return {
             "id": str(delivery.package_id),
             "size": delivery.package_size,
             "weight_kg": delivery.package_weight_kg,
             "tag": delivery.package_tag,
-        },
-        "pickup_time": iso(delivery.pickup_time),
-        "deadline": iso(delivery.deadline),
-        "expedited": delivery.expedited,
-        "confirmation_required": delivery.confirmation_required,
-        "recipient": {
+        }
+
+    @extend_schema_field(RecipientOut(allow_null=True))
+    def get_recipient(self, delivery: Delivery) -> dict[str, str] | None:
+        if not delivery.recipient_name:
+            return None
+        return {
             "name": delivery.recipient_name,
             "email": delivery.recipient_email,
             "phone": delivery.recipient_phone,
         }
-        if delivery.recipient_name
-        else None,
-        "price": {"amount": str(delivery.price_amount), "currency": delivery.price_currency}
-        if delivery.price_amount is not None
-        else None,
-        "quote_id": str(delivery.quote_id) if delivery.quote_id else None,
-        "drone": {"id": str(delivery.drone_id), "serial": delivery.drone.serial}
-        if delivery.drone_id and delivery.drone
-        else None,
-        "pickup_eta": iso(delivery.pickup_eta),
-        "dropoff_eta": iso(delivery.dropoff_eta),
-        "failure_reason": delivery.failure_reason or None,
-        "route": route_geojson(delivery.route),
-        "created_at": iso(delivery.created_at),
-        "updated_at": iso(delivery.updated_at),
-    }
-    if events:
-        document["events"] = EventOut(delivery.events.all(), many=True).data
-    return document
+
+    @extend_schema_field(MoneyOut(allow_null=True))
+    def get_price(self, delivery: Delivery) -> dict[str, str] | None:
+        if delivery.price_amount is None:
+            return None
+        return {"amount": str(delivery.price_amount), "currency": delivery.price_currency}
+
+    @extend_schema_field(DroneRefOut(allow_null=True))
+    def get_drone(self, delivery: Delivery) -> dict[str, str] | None:
+        if not delivery.drone_id or not delivery.drone:
+            return None
+        return {"id": str(delivery.drone_id), "serial": delivery.drone.serial}
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_failure_reason(self, delivery: Delivery) -> str | None:
+        return delivery.failure_reason or None
+
+    @extend_schema_field(RouteOut(allow_null=True))
+    def get_route(self, delivery: Delivery) -> dict[str, Any] | None:
+        return route_geojson(delivery.route)
+
+
+@extend_schema_serializer(component_name="DeliveryWithEvents")
+class DeliveryWithEventsOut(DeliveryOut):
+    events = EventOut(many=True, source="events.all", help_text="every stage change, in order")
+
+
+def delivery_document(delivery: Delivery) -> Any:
+    """A delivery as the API and webhooks send it (DeliveryOut)."""
+    return represented(DeliveryOut, delivery)
 
 
 def route_geojson(route: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -255,54 +356,6 @@ def _path(name: str, value: Any) -> str:
     return f"{head}{value}{tail}"
 
 
-DeliveryOut = inline_serializer(
-    name="Delivery",
-    fields={
-        "id": serializers.UUIDField(),
-        "status": serializers.ChoiceField(choices=Delivery.Status.choices),
-        "tracking_url": serializers.URLField(),
-        "pickup": PlaceIn(),
-        "dropoff": PlaceIn(),
-        "package": inline_serializer(
-            name="PackageOut",
-            fields={
-                "id": serializers.UUIDField(),
-                "size": serializers.CharField(),
-                "weight_kg": serializers.FloatField(),
-                "tag": serializers.CharField(),
-            },
-        ),
-        "pickup_time": serializers.DateTimeField(allow_null=True),
-        "deadline": serializers.DateTimeField(allow_null=True),
-        "expedited": serializers.BooleanField(),
-        "confirmation_required": serializers.CharField(),
-        "recipient": RecipientIn(allow_null=True),
-        "price": MoneyOut(allow_null=True),
-        "quote_id": serializers.UUIDField(allow_null=True),
-        "drone": inline_serializer(
-            name="DroneRef",
-            fields={"id": serializers.UUIDField(), "serial": serializers.CharField()},
-            allow_null=True,
-        ),
-        "pickup_eta": serializers.DateTimeField(allow_null=True),
-        "dropoff_eta": serializers.DateTimeField(allow_null=True),
-        "failure_reason": serializers.CharField(allow_null=True),
-        "route": inline_serializer(
-            name="RouteGeoJSON",
-            fields={
-                "type": serializers.ChoiceField(choices=["LineString"]),
-                "coordinates": serializers.ListField(
-                    child=serializers.ListField(child=serializers.FloatField()),
-                    help_text="[lon, lat] pairs: around every no-fly zone active when planned",
-                ),
-            },
-            allow_null=True,
-        ),
-        "created_at": serializers.DateTimeField(),
-        "updated_at": serializers.DateTimeField(),
-        "events": EventOut(many=True, required=False),
-    },
-)
 ERRORS = {
     400: OpenApiResponse(description="malformed input: `error.fields` names each bad field"),
     401: OpenApiResponse(description="missing, invalid or revoked API key"),
@@ -311,6 +364,16 @@ ERRORS = {
     422: OpenApiResponse(description="well-formed but impossible; `error.message` says why"),
     429: OpenApiResponse(description="rate limit; see Retry-After"),
 }
+DELIVERY_EXAMPLE = OpenApiExample(
+    "Across central Seattle",
+    request_only=True,
+    value={
+        "pickup": {"lat": 47.6097, "lon": -122.3422, "address": "Pike Place Market"},
+        "dropoff": {"lat": 47.6205, "lon": -122.3493, "address": "Space Needle"},
+        "package": {"size": "small", "weight_kg": 2.0, "tag": "pharmacy"},
+        "recipient": {"name": "Ada", "email": "ada@example.com"},
+    },
+)
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     str,
@@ -360,6 +423,7 @@ class QuoteCreateApi(APIView):
     @extend_schema(
         summary="Price a delivery and estimate its pickup and dropoff",
         request=DeliveryIn,
+        examples=[DELIVERY_EXAMPLE],
         responses={200: QuoteOut, **ERRORS},
     )
     def post(self, request: Request) -> Response:
@@ -367,24 +431,26 @@ class QuoteCreateApi(APIView):
         quote = services.quote_create(
             business_id=_business_id(request), request=delivery_request_from(data)
         )
-        return Response(QuoteOut(quote).data, status=status.HTTP_200_OK)
+        return Response(represented(QuoteOut, quote), status=status.HTTP_200_OK)
 
 
 class DeliveryListCreateApi(APIView):
+    pagination_class = Pagination
+
     @extend_schema(
         operation_id="deliveries_list",
         summary="List the caller's deliveries, newest first",
         parameters=[OpenApiParameter("status", str, enum=list(Delivery.Status.values))],
-        responses={200: DeliveryOut},
+        responses={200: DeliveryOut(many=True)},
     )
     def get(self, request: Request) -> Response:
         wanted = request.query_params.get("status")
-        if wanted and wanted not in Delivery.Status.values:
+        if wanted is not None and wanted not in Delivery.Status.values:
             raise serializers.ValidationError(
                 {"status": [f"one of {', '.join(Delivery.Status.values)}"]}
             )
         deliveries = selectors.delivery_list(business_id=_business_id(request), status=wanted)
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(deliveries, request, view=self)
         return paginator.get_paginated_response([delivery_document(d) for d in page or []])
 
@@ -396,6 +462,7 @@ class DeliveryListCreateApi(APIView):
         ),
         request=DeliveryIn,
         parameters=[IDEMPOTENCY_KEY],
+        examples=[DELIVERY_EXAMPLE],
         responses={202: DeliveryOut, 409: ERRORS[409], **ERRORS},
     )
     def post(self, request: Request) -> Response:
@@ -415,17 +482,19 @@ class DeliveryListCreateApi(APIView):
 
 
 class DeliveryDetailApi(APIView):
-    @extend_schema(summary="A delivery with its events", responses={200: DeliveryOut, **ERRORS})
+    @extend_schema(
+        summary="A delivery with its events", responses={200: DeliveryWithEventsOut, **ERRORS}
+    )
     def get(self, request: Request, delivery_id: str) -> Response:
         delivery = selectors.delivery_get(
             business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
         )
-        return Response(delivery_document(delivery, events=True))
+        return Response(represented(DeliveryWithEventsOut, delivery))
 
     @extend_schema(
         summary="Reschedule before pickup: pickup time, dropoff, deadline",
         request=RescheduleIn,
-        responses={200: DeliveryOut, **ERRORS},
+        responses={200: DeliveryWithEventsOut, **ERRORS},
     )
     def patch(self, request: Request, delivery_id: str) -> Response:
         data = validated(RescheduleIn, request.data)
@@ -439,7 +508,7 @@ class DeliveryDetailApi(APIView):
                 dropoff=_place(data["dropoff"]) if "dropoff" in data else None,
                 deadline=data.get("deadline"),
             )
-        return Response(delivery_document(delivery, events=True))
+        return Response(represented(DeliveryWithEventsOut, delivery))
 
 
 class DeliveryStatusApi(APIView):
@@ -448,7 +517,7 @@ class DeliveryStatusApi(APIView):
         document = selectors.delivery_status_get(
             business_id=_business_id(request), delivery_id=_delivery_id(delivery_id)
         )
-        return Response(document)
+        return Response(represented(StatusOut, document))
 
 
 class DeliveryCancelApi(APIView):

@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from drones.auth import ReporterPrincipal, TelemetryKeyAuthentication
 from drones.telemetry import Report, telemetry_apply
+from portal.api import ErrorDetailOut, represented
 
 MAX_REPORTS = 1000
 # name: (low, high) for the numbers of a report.
@@ -38,10 +39,12 @@ class ReportIn(serializers.Serializer):
     ground_speed_mps = serializers.FloatField(min_value=0, max_value=1_000)
     heading = serializers.FloatField(min_value=0, max_value=360)
     battery_pct = serializers.FloatField(min_value=0, max_value=100)
+    refuses_unknown_fields = True  # parse_report does; the schema says so (portal/schema.py)
 
 
 class TelemetryIn(serializers.Serializer):
-    reports = ReportIn(many=True)
+    refuses_unknown_fields = True  # the schema says so (portal/schema.py)
+    reports = serializers.ListField(child=ReportIn(), min_length=1, max_length=MAX_REPORTS)
 
 
 class ItemOut(serializers.Serializer):
@@ -74,7 +77,7 @@ class TelemetryOut(serializers.Serializer):
             "dropoff, base, routes: {to_pickup, to_dropoff, to_base}}"
         ),
     )
-    error = serializers.DictField(required=False)
+    error = ErrorDetailOut(required=False, help_text="when some reports are malformed")
 
 
 def parse_report(item: Any) -> Report | dict[str, list[str]]:
@@ -112,6 +115,10 @@ def parse_report(item: Any) -> Report | dict[str, list[str]]:
     return Report(drone=drone.strip(), time=moment, **numbers)
 
 
+# The answer to a partly malformed batch (TelemetryOut) or to a malformed one (ErrorOut).
+SHAPES_400 = ("TelemetryOut", "ErrorOut")
+
+
 class TelemetryApi(APIView):
     authentication_classes = [TelemetryKeyAuthentication]
     # A gateway sends a batch a second; the business API's per-key limit is not for it.
@@ -129,12 +136,22 @@ class TelemetryApi(APIView):
         request=TelemetryIn,
         responses={
             200: TelemetryOut,
-            400: OpenApiResponse(TelemetryOut, description="some reports are malformed"),
+            400: OpenApiResponse(
+                # Either shape; ErrorOut's would match the first too, so not a oneOf.
+                {"anyOf": [{"$ref": f"#/components/schemas/{name}"} for name in SHAPES_400]},
+                description=(
+                    "some reports are malformed (the answer for the others, with `error`), or "
+                    "the batch is (only `error`)"
+                ),
+            ),
             401: OpenApiResponse(description="missing, invalid or revoked telemetry key"),
         },
     )
     def post(self, request: Request) -> Response:
         body = request.data
+        unknown = sorted(set(body) - {"reports"}) if isinstance(body, dict) else []
+        if unknown:
+            raise serializers.ValidationError({name: ["unknown field"] for name in unknown})
         reports = body.get("reports") if isinstance(body, dict) else None
         if not isinstance(reports, list) or not reports:
             raise serializers.ValidationError({"reports": ["a list of 1 to 1,000 reports"]})
@@ -183,5 +200,5 @@ class TelemetryApi(APIView):
                 ),
                 "fields": fields,
             }
-            return Response(answer, status=status.HTTP_400_BAD_REQUEST)
-        return Response(answer, status=status.HTTP_200_OK)
+            return Response(represented(TelemetryOut, answer), status=status.HTTP_400_BAD_REQUEST)
+        return Response(represented(TelemetryOut, answer), status=status.HTTP_200_OK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import uuid
@@ -13,6 +14,7 @@ from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -44,6 +46,17 @@ def validated(serializer_class: type[S], data: Any) -> Any:
     return serializer.validated_data
 
 
+def represented(serializer_class: type[S], instance: Any) -> Any:
+    """`serializer_class(instance).data`, from one bound instance per class and thread: the
+    output twin of `validated` (the deep copy of the fields would cost more than the output)."""
+    kept: dict[type[serializers.Serializer], serializers.Serializer]
+    kept = _bound.__dict__.setdefault("outputs", {})
+    serializer = kept.get(serializer_class)
+    if serializer is None:
+        serializer = kept[serializer_class] = serializer_class()
+    return serializer.to_representation(instance)
+
+
 DOMAIN_STATUS = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
@@ -65,7 +78,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.field:
             body["fields"] = {exc.field: [exc.message]}
-        return Response({"error": body}, status=_domain_status(exc))
+        return Response(error_document(body), status=_domain_status(exc))
     if isinstance(exc, DatabaseError | InterfaceError | RedisError | ConnectionInterrupted):
         return _dependency_error(exc)
     if isinstance(exc, DjangoValidationError):
@@ -76,12 +89,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.ValidationError):
         fields = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         names = ", ".join(str(name) for name in fields)
-        response.data = {
-            "error": {"code": "invalid", "message": f"invalid input: {names}", "fields": fields}
-        }
+        response.data = error_document(
+            {"code": "invalid", "message": f"invalid input: {names}", "fields": fields}
+        )
     elif isinstance(exc, exceptions.APIException):
-        detail = exc.detail
-        response.data = {"error": {"code": exc.get_codes(), "message": str(detail)}}
+        response.data = error_document({"code": exc.get_codes(), "message": str(exc.detail)})
     return response
 
 
@@ -95,28 +107,83 @@ def _dependency_error(exc: Exception) -> Response:
     if outages.unavailable(exc):
         logger.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
         return Response(
-            {
-                "error": {
-                    "code": "unavailable",
-                    "message": "the service is briefly unavailable; retry",
-                }
-            },
+            error_document(
+                {"code": "unavailable", "message": "the service is briefly unavailable; retry"}
+            ),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
     error_id = uuid.uuid4().hex
     logger.error("unexpected error %s", error_id, exc_info=exc, extra={"error_id": error_id})
     return Response(
-        {
-            "error": {
+        error_document(
+            {
                 "code": "server_error",
                 "message": f"an unexpected error occurred; quote error id {error_id}",
             }
-        },
+        ),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,
     )
+
+
+class ErrorDetailOut(serializers.Serializer):
+    code = serializers.CharField(help_text="stable, for programs: invalid, not_found, conflict")
+    message = serializers.CharField(help_text="what was wrong, in words")
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        # `fields` names a Serializer attribute, so it cannot be declared like the others.
+        return {
+            **super().get_fields(),
+            "fields": serializers.DictField(
+                child=serializers.JSONField(),
+                required=False,
+                help_text="each field at fault and its messages (nested as the input is)",
+            ),
+        }
+
+
+class ErrorOut(serializers.Serializer):
+    """The body of every error answer: `{"error": {"code", "message", "fields"?}}`."""
+
+    error = ErrorDetailOut()
+
+
+def error_document(body: dict[str, Any]) -> Any:
+    return ErrorOut({"error": body}).data
+
+
+class JsonParser(JSONParser):
+    """DRF's, refusing as malformed, like any other bad JSON: a body nested too deeply for the
+    decoder (`[` x 100,000: a RecursionError, so a 500), and a NUL character in any string
+    (`\\u0000`: PostgreSQL cannot store one, so a 500 wherever a string reaches the database;
+    DRF's CharField refuses it too, but not every input passes one)."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        body = stream.read() if stream is not None else b""
+        if b"\\u0000" in body:
+            raise exceptions.ParseError("JSON parse error - a string holds a NUL (\\u0000)")
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply") from None
 
 
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_page_size(self, request: Any) -> int | None:
+        """As DRF's, above the cap meaning the cap; but a page size that is not a whole number
+        of at least 1 is refused as a page that does not exist is, rather than ignored."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or not raw.strip("0"):
+            raise exceptions.NotFound("page_size is a whole number from 1 (at most 200 are sent)")
+        return self.max_page_size if len(raw) > 4 else min(int(raw), self.max_page_size)
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1
+        return parameters

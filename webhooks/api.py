@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,6 +31,8 @@ ERRORS = {
 
 
 class _NoUnknownFields(serializers.Serializer):
+    refuses_unknown_fields = True  # the schema says so (portal/schema.py)
+
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
@@ -38,10 +41,38 @@ class _NoUnknownFields(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s\x00\[\]]+[^\x00\[\]]*$",
+        "maxLength": 2000,
+        "description": "https:// (http:// only in development), to a public host",
+    }
+)
+class UrlField(serializers.CharField):
+    """A URL: a scheme and a host. Whether it may be used (https, a host that resolves to a
+    public address, a real port) is the service's check, a 422 that says why."""
+
+    default_error_messages = {"invalid": "Enter a valid URL."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=2000, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            self.fail("invalid")
+        if not parts.scheme or not parts.netloc:
+            self.fail("invalid")
+        return value
+
+
 class EndpointIn(_NoUnknownFields):
-    url = serializers.URLField(max_length=2000, help_text="https:// (http:// only in development)")
+    url = UrlField()
     events = serializers.ListField(
-        child=serializers.ChoiceField(choices=services.EVENT_TYPES), allow_empty=False
+        child=serializers.ChoiceField(choices=services.EVENT_TYPES), min_length=1
     )
     active = serializers.BooleanField(required=False, default=True)
     description = serializers.CharField(
@@ -50,10 +81,10 @@ class EndpointIn(_NoUnknownFields):
 
 
 class EndpointChangeIn(_NoUnknownFields):
-    url = serializers.URLField(max_length=2000, required=False)
+    url = UrlField(required=False)
     events = serializers.ListField(
         child=serializers.ChoiceField(choices=services.EVENT_TYPES),
-        allow_empty=False,
+        min_length=1,
         required=False,
     )
     active = serializers.BooleanField(required=False)
@@ -122,6 +153,8 @@ def _endpoint_id(value: str) -> uuid.UUID:
 
 
 class EndpointListCreateApi(APIView):
+    pagination_class = Pagination
+
     @extend_schema(
         operation_id="webhooks_list",
         summary="List the caller's webhook endpoints",
@@ -129,7 +162,7 @@ class EndpointListCreateApi(APIView):
     )
     def get(self, request: Request) -> Response:
         endpoints = WebhookEndpoint.objects.filter(business_id=_business_id(request))
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(endpoints, request, view=self)
         return paginator.get_paginated_response(EndpointOut(page, many=True).data)
 
@@ -199,6 +232,8 @@ class EndpointRotateApi(APIView):
 
 
 class EndpointAttemptsApi(APIView):
+    pagination_class = Pagination
+
     @extend_schema(
         operation_id="webhooks_attempts_list",
         summary="The endpoint's attempts, newest first (kept 14 days)",
@@ -213,7 +248,7 @@ class EndpointAttemptsApi(APIView):
             .select_related("message")
             .order_by("-at", "-id")
         )
-        paginator = Pagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(attempts, request, view=self)
         return paginator.get_paginated_response(AttemptOut(page, many=True).data)
 
