@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: install run test lint typecheck security pytest bench clean
+.PHONY: install run test lint typecheck security pytest fuzz bench clean
 
 # The deployment check's tools (helm, kustomize, kubernetes-validate, checkov) in a venv of their own.
 -include deploy/check.mk
@@ -45,6 +45,10 @@ security: install
 
 pytest: install deploy-tools
 	$(PY) -m pytest $(ARGS)
+
+## Schemathesis against the API's schema, at length (`make test` runs a few examples per operation).
+fuzz: install
+	FUZZ_EXAMPLES=$(or $(EXAMPLES),300) $(PY) -m pytest tests/api/test_fuzz.py -p no:cacheprovider $(ARGS)
 
 ## Every figure against its target: ingestion, assignment, drone choice, telemetry in, the
 ## simulator's capacity, live tracking fan-out (~10 min).
