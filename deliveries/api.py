@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from audit.services import audited
 from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
+from deliveries.reasons import public_reason
 from drones.geo import Point
 from portal.api import Pagination, represented, validated
 from portal.errors import NotFound
@@ -309,7 +310,8 @@ class DeliveryOut(serializers.Serializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_failure_reason(self, delivery: Delivery) -> str | None:
-        return delivery.failure_reason or None
+        # Plain words, never an error's text or an operator's note (which stay in admin).
+        return public_reason(delivery.failure_reason) if delivery.failure_reason else None
 
     @extend_schema_field(RouteOut(allow_null=True))
     def get_route(self, delivery: Delivery) -> dict[str, Any] | None:

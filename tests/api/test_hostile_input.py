@@ -97,3 +97,22 @@ def test_a_nul_character_in_a_json_string_is_a_400_not_a_500(
     )
     response = client.post(path, body, content_type="application/json")
     assert "NUL" in refused(response)["message"]
+
+
+@pytest.mark.django_db
+def test_a_failed_delivery_tells_the_business_plain_words_not_the_error(
+    tenant: Tenant, fleet: list[Any]
+) -> None:
+    from deliveries.models import Delivery
+
+    made = tenant.client.post_json("/api/v1/deliveries", delivery_body())
+    assert made.status_code == 202, made.content
+    delivery_id = made.json()["id"]
+    Delivery.objects.filter(pk=delivery_id).update(
+        status="failed", failure_reason="pymongo.errors.ServerSelectionTimeoutError: 10.0.0.7:27017"
+    )
+    shown = tenant.client.get(f"/api/v1/deliveries/{delivery_id}").json()["failure_reason"]
+    assert shown and "pymongo" not in shown and "10.0.0.7" not in shown
+    Delivery.objects.filter(pk=delivery_id).update(failure_reason="no drone became free in time")
+    shown = tenant.client.get(f"/api/v1/deliveries/{delivery_id}").json()["failure_reason"]
+    assert shown == "no drone was free in time"
