@@ -274,7 +274,10 @@ class DroneAdmin(admin.ModelAdmin):
             try:
                 target = (Drone, drone.pk, drone.serial)
                 with audited(request, f"drone.{action}", target, {"from": drone.state}):
-                    act(drone_id=drone.pk)
+                    if act is drone_ground:  # the delivery's event names who grounded it
+                        act(drone_id=drone.pk, operator=request.user.get_username())
+                    else:
+                        act(drone_id=drone.pk)
             except DomainError as exc:
                 self.message_user(
                     request, f"Drone {drone.serial} {refused}: {exc.message}.", messages.WARNING

@@ -582,12 +582,13 @@ def drones_watch(*, now: datetime | None = None) -> int:
 # --- operators -------------------------------------------------------------------------------
 
 
-def drone_ground(*, drone_id: UUID) -> Drone:
+def drone_ground(*, drone_id: UUID, operator: str = "") -> Drone:
     """Take a drone out of service: it is never assigned while grounded. A delivery it holds
     whose package is not yet aboard gets another drone; one whose package is aboard is flagged
     for operators. A drone in the air is sent home (the answer to its next report says so)."""
     from deliveries.services import delivery_replace_drone
 
+    by = f"operator {operator}" if operator else "an operator"
     with transaction.atomic():
         drone = Drone.objects.select_for_update().filter(pk=drone_id).first()
         if drone is None:
@@ -604,14 +605,14 @@ def drone_ground(*, drone_id: UUID) -> Drone:
         if delivery is not None and delivery.status in BEFORE_PICKUP:
             delivery_replace_drone(
                 delivery_id=delivery.pk,
-                reason=f"drone {drone.serial} grounded by an operator; finding another drone",
+                reason=f"drone {drone.serial} grounded by {by}; finding another drone",
             )
             drone.assigned_delivery_id = None
         elif delivery is not None and delivery.status in PACKAGE_ABOARD:
             delivery_flag(
                 delivery,
-                f"drone {drone.serial} grounded with the package aboard; it is flying back to "
-                "its base",
+                f"drone {drone.serial} grounded by {by} with the package aboard; it is flying "
+                "back to its base",
             )
     return drone
 

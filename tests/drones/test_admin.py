@@ -281,3 +281,16 @@ def test_grounding_and_releasing_read_in_words_and_name_the_operator(
         ("admin", "Grounded."),
         ("admin", "Released back into service."),
     ]
+
+
+def test_grounding_a_booked_drone_names_the_operator_in_its_deliverys_history(
+    admin_client: Client, tenant: Tenant
+) -> None:
+    make_fleet(2)
+    delivery, booked = assigned(tenant)
+
+    act(admin_client, "ground", booked)
+
+    notes = list(DeliveryEvent.objects.filter(delivery=delivery).values_list("note", flat=True))
+    assert any(f"drone {booked.serial} grounded by operator admin" in note for note in notes), notes
+    assert not any("business" in note for note in notes)
