@@ -17,6 +17,18 @@ Buffers have few segments per quarter circle (QUAD_SEGS) and a radius enlarged s
 chords keep the full margin (`chord_factor`); edges are tested against obstacles shrunk by a few
 centimetres, so that an edge along an obstacle's boundary counts as clear. A stop within a
 zone's margin (but outside the zone) is reached by an edge that may cross that margin only.
+
+Speed-up (`_Graph.shortest_fast`, for detours around up to FAST_MAX_OBSTACLES obstacles; the
+plain search, `_Graph.shortest`, is kept for larger ones and as `Airspace(..., plain=True)`):
+the plain search finds the graph's tangent pairs anew for each route and tests a node's edges
+for visibility, one shapely call per node, as A* reaches it. The edges between obstacles'
+vertices do not depend on the trip, so each area keeps them (`_Area.pair`: tangent pairs and
+visibility against their own obstacles, found once per obstacle and pair); a route only finds
+the edges to its two ends (one call per obstacle), tests the kept edges against its other
+obstacles where their boxes meet, and runs the same A* in plain Python lists, pushing in the
+same order, so it plans the same routes (tests/airspace/test_routing.py compares the two on
+random zone fields). Measured without a database (bench/airspace.py and bench/run.py's zones
+phase, 500 zones, on a shared 2-CPU machine): see README's benchmark table.
 """
 
 from __future__ import annotations
@@ -66,11 +78,15 @@ EPS_M = 0.05
 ENDPOINT_SLACK_M = 0.5
 ENDPOINT_SHARE = 0.9
 ENDPOINT_QUAD_SEGS = 16
+# Detours around at most this many obstacles take the fast search (see _Graph); around more,
+# the plain one, which tests fewer edges (only those of the nodes it reaches).
+FAST_MAX_OBSTACLES = 6
 # Fewer metres than any degree of latitude, or of longitude at the equator, spans.
 _M_PER_DEG = 110_000.0
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
+Box = tuple[float, float, float, float]  # min x, min y, max x, max y
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,50 @@ def _projection(cell: tuple[int, int]) -> Transformer:
     return Transformer.from_crs("EPSG:4326", crs, always_xy=True)
 
 
+@dataclass(frozen=True)
+class _Edges:
+    """Edges a shortest path may take, from vertices i (of one obstacle) to vertices j (of the
+    same or another), with their lengths; out[u]: those from vertex u, as (j, length) by j."""
+
+    i: IntArray
+    j: IntArray
+    length: FloatArray
+    start: FloatArray  # the edges' coordinates
+    stop: FloatArray
+    count: int  # vertices the edges are from
+    both_ways: bool = False  # each edge is also one from j to i (of the same obstacle)
+
+    @functools.cached_property
+    def out(self) -> list[list[tuple[int, float]]]:
+        tails, heads, lengths = self.i, self.j, self.length
+        if self.both_ways:
+            tails, heads = np.concatenate([tails, heads]), np.concatenate([heads, tails])
+            lengths = np.concatenate([lengths, lengths])
+        out: list[list[tuple[int, float]]] = [[] for _ in range(self.count)]
+        order = np.lexsort((heads, tails))
+        for u, v, d in zip(
+            tails[order].tolist(), heads[order].tolist(), lengths[order].tolist(), strict=True
+        ):
+            out[u].append((v, d))
+        return out
+
+    @functools.cached_property
+    def lines(self) -> NDArray[np.object_]:
+        return np.asarray(shapely.linestrings(np.stack([self.start, self.stop], axis=1)))
+
+    @functools.cached_property
+    def low(self) -> FloatArray:
+        return np.minimum(self.start, self.stop)
+
+    @functools.cached_property
+    def high(self) -> FloatArray:
+        return np.maximum(self.start, self.stop)
+
+    def reversed(self, count: int) -> _Edges:
+        """The same edges from j to i (j of an obstacle of `count` vertices)."""
+        return _Edges(self.j, self.i, self.length, self.stop, self.start, count)
+
+
 @dataclass(eq=False)
 class _Obstacle:
     """Overlapping buffered zones merged, in an area's projection."""
@@ -124,6 +184,7 @@ class _Obstacle:
     xy: FloatArray
     prev: FloatArray
     next: FloatArray
+    box: Box  # of shape
 
     @classmethod
     def build(cls, members: frozenset[int], buffers: Any, raws: Any) -> _Obstacle:
@@ -131,7 +192,16 @@ class _Obstacle:
         solid = shapely.buffer(shape, -EPS_M, join_style="mitre")
         shapely.prepare(solid)
         xy, prev, nxt = _convex_vertices(shape)
-        return cls(members, shape, solid, shapely.union_all(raws), xy, prev, nxt)
+        x0, y0, x1, y1 = shapely.bounds(shape).tolist()
+        return cls(members, shape, solid, shapely.union_all(raws), xy, prev, nxt, (x0, y0, x1, y1))
+
+    @functools.cached_property
+    def to_prev(self) -> FloatArray:
+        return self.prev - self.xy
+
+    @functools.cached_property
+    def to_next(self) -> FloatArray:
+        return self.next - self.xy
 
 
 def _convex_vertices(shape: BaseGeometry) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -174,20 +244,73 @@ class _Area:
     done: NDArray[np.bool_]
     neighbours: dict[int, IntArray] = field(default_factory=dict)
     obstacles: dict[frozenset[int], _Obstacle] = field(default_factory=dict)
+    pairs: dict[tuple[frozenset[int], frozenset[int]], _Edges] = field(default_factory=dict)
+    # Each zone's merged obstacle, when no zone has a time window (the same at any time).
+    groups: dict[int, _Obstacle] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def forward(self, points: Sequence[Point]) -> FloatArray:
-        x, y = self.transformer.transform([p.lon for p in points], [p.lat for p in points])
+    def pair(self, one: _Obstacle, other: _Obstacle) -> _Edges:
+        """The edges from one obstacle's vertices to the other's (or between its own, each
+        once, when other is one) that a shortest path may take (both ends where it can bend),
+        clear of the two; found once."""
+        found = self.pairs.get((one.members, other.members))
+        if found is None:
+            self.pairs_fill([one, other])
+            found = self.pairs[(one.members, other.members)]
+        return found
+
+    def pairs_fill(self, obstacles: Sequence[_Obstacle]) -> None:
+        """Find the edges between every two of the obstacles not found yet, all in one go."""
+        missing = [
+            (q, p)
+            for p, obstacle in enumerate(obstacles)
+            for q in range(p + 1)
+            if (obstacles[q].members, obstacle.members) not in self.pairs
+        ]
+        if not missing:
+            return
+        xy = np.concatenate([o.xy for o in obstacles])
+        first = np.cumsum([0, *(len(o.xy) for o in obstacles)]).tolist()
+        step = xy[None, :, :] - xy[:, None, :]  # step[u, v]: from u to v
+        length = np.hypot(step[..., 0], step[..., 1])
+        to_prev = np.concatenate([o.to_prev for o in obstacles])[:, None, :]
+        to_next = np.concatenate([o.to_next for o in obstacles])[:, None, :]
+        tangent = _tangent(step, to_prev, to_next, length)
+        useful = tangent & tangent.T
+        found = []
+        for q, p in missing:
+            block = useful[first[q] : first[q + 1], first[p] : first[p + 1]]
+            i, j = np.nonzero(np.triu(block, 1) if q == p else block)
+            found.append((i + first[q], j + first[p]))
+        i = np.concatenate([f[0] for f in found])
+        j = np.concatenate([f[1] for f in found])
+        clear = np.ones(len(i), dtype=bool)
+        if len(i):
+            lines = shapely.linestrings(np.stack([xy[i], xy[j]], axis=1))
+            owner = np.searchsorted(first, i, side="right") - 1
+            other = np.searchsorted(first, j, side="right") - 1
+            for m, obstacle in enumerate(obstacles):
+                tested = (owner == m) | (other == m)
+                if tested.any():
+                    clear[tested] &= ~shapely.intersects(obstacle.solid, lines[tested])
+        start = 0
+        for (q, p), (pi, pj) in zip(missing, found, strict=True):
+            keep = clear[start : start + len(pi)]
+            start += len(pi)
+            pi, pj = pi[keep], pj[keep]
+            one, other_ = obstacles[q], obstacles[p]
+            edges = _Edges(
+                pi - first[q], pj - first[p], length[pi, pj], xy[pi], xy[pj], len(one.xy), q == p
+            )
+            self.pairs[(one.members, other_.members)] = edges
+            if q != p:
+                self.pairs[(other_.members, one.members)] = edges.reversed(len(other_.xy))
+
+    def forward(self, lonlat: FloatArray) -> FloatArray:
+        x, y = self.transformer.transform(lonlat[:, 0], lonlat[:, 1])
         return np.column_stack([x, y])
 
-    def inverse(self, xy: FloatArray) -> list[Point]:
-        lon, lat = self._to_wgs(xy[:, 0], xy[:, 1])
-        return [Point(float(la), float(lo)) for la, lo in zip(lat, lon, strict=True)]
-
-    def to_wgs(self, geometry: BaseGeometry) -> BaseGeometry:
-        return shapely.transform(geometry, self._to_wgs, interleaved=False)
-
-    def _to_wgs(self, x: Any, y: Any) -> Any:
+    def to_wgs_xy(self, x: Any, y: Any) -> Any:
         return self.transformer.transform(x, y, direction=TransformDirection.INVERSE)
 
 
@@ -202,12 +325,13 @@ def _solid_for(obstacle: _Obstacle, for_ends: _ForEnds, to_a: bool, to_b: bool) 
 
 
 def _path_meets(path: FloatArray, obstacle: _Obstacle, for_ends: _ForEnds) -> bool:
-    last = len(path) - 2
+    segments = shapely.linestrings(np.stack([path[:-1], path[1:]], axis=1))
+    if for_ends == (None, None):
+        return bool(shapely.intersects(obstacle.solid, segments).any())
+    last = len(segments) - 1
     return any(
-        shapely.intersects(
-            _solid_for(obstacle, for_ends, i == 0, i == last), shapely.LineString(path[i : i + 2])
-        )
-        for i in range(last + 1)
+        shapely.intersects(_solid_for(obstacle, for_ends, i == 0, i == last), segment)
+        for i, segment in enumerate(segments)
     )
 
 
@@ -223,15 +347,19 @@ class Airspace:
     """Zones indexed once (WGS84 STRtree; projected and buffered per area as routes come);
     plans many routes. Immutable: its caches only ever hold what its zones determine."""
 
-    def __init__(self, zones: Sequence[Zone], *, margin_m: float = 50.0) -> None:
+    def __init__(
+        self, zones: Sequence[Zone], *, margin_m: float = 50.0, plain: bool = False
+    ) -> None:
         self.zones: tuple[Zone, ...] = tuple(zones)
         self.margin_m = float(margin_m)
+        self.plain = plain  # the plain search (tests and bench/airspace.py compare the two)
         # The radius the zones are buffered by for the visibility graph.
         self._radius = (self.margin_m + EPS_M) * CHORD_FACTOR
         self._shapes = np.array([zone_shape(z.geometry) for z in self.zones], dtype=object)
         self._tree = shapely.STRtree(self._shapes)
         self._from = np.array([_stamp(z.valid_from, -math.inf) for z in self.zones])
         self._until = np.array([_stamp(z.valid_until, math.inf) for z in self.zones])
+        self._windows = bool(np.isfinite(self._from).any() or np.isfinite(self._until).any())
         self._areas: dict[tuple[int, int], _Area] = {}
 
     # --- public ------------------------------------------------------------------------------
@@ -240,7 +368,7 @@ class Airspace:
         self, point: Point, *, start: datetime | None = None, end: datetime | None = None
     ) -> Zone | None:
         """The zone active at some moment of [start, end] that contains point (or its edge)."""
-        found = self._tree.query(shapely.Point(point.lon, point.lat), predicate="intersects")
+        found = self._tree.query(shapely.points(point.lon, point.lat), predicate="intersects")
         found = self._active(found, _Window(start, end))
         return self.zones[int(found.min())] if found.size else None
 
@@ -252,22 +380,23 @@ class Airspace:
         inside a zone, NoRoute when the zones close a or b off. An endpoint within a zone's
         margin is reached through that margin, no closer to the zone than itself."""
         window = _Window(start, end)
-        for point in (a, b):
-            zone = self.zone_at(point, start=start, end=end)
-            if zone is not None:
-                raise InsideZone(zone, point)
-        line = shapely.LineString([(a.lon, a.lat), (b.lon, b.lat)])
-        near = self._near(line, self.margin_m, window)
+        lonlat = np.array([[a.lon, a.lat], [b.lon, b.lat]])
+        # A zone that holds a stop is near the line too: with none near, none holds a stop.
+        near = self._near(lonlat, self.margin_m, window)
         if not near.size:
             return [a, b]
+        holds = shapely.intersects(self._shapes[near], shapely.points(lonlat)[:, None])
+        for point, found in zip((a, b), holds, strict=True):
+            if found.any():
+                raise InsideZone(self.zones[int(near[found].min())], point)
         area = self._area(Point((a.lat + b.lat) / 2, (a.lon + b.lon) / 2))
         self._project(area, near)
-        ends = area.forward([a, b])
-        hit = near[shapely.dwithin(shapely.LineString(ends), area.raw[near], self.margin_m)]
+        ends = area.forward(lonlat)
+        hit = near[shapely.dwithin(shapely.linestrings(ends), area.raw[near], self.margin_m)]
         if not hit.size:
             return [a, b]
-        xy = self._detour(area, ends, hit, window, (a, b))
-        return [a, *area.inverse(xy[1:-1]), b]
+        bends = self._detour(area, ends, hit, window, (a, b))
+        return [a, *(Point(lat, lon) for lon, lat in bends), b]
 
     # --- the detour --------------------------------------------------------------------------
 
@@ -278,29 +407,38 @@ class Airspace:
         hit: IntArray,
         window: _Window,
         stops: tuple[Point, Point],
-    ) -> FloatArray:
-        graph = _Graph(ends)
+    ) -> list[tuple[float, float]]:
+        """The bends of the shortest path around the zones (lon, lat)."""
+        graph = _Graph(area, ends)
         for obstacle in self._obstacles(area, hit, window):
-            graph.add(obstacle, self._for_ends(area, obstacle, ends, stops))
+            graph.add(obstacle, self._for_ends(area, obstacle, graph, stops))
         while True:
-            path = graph.shortest()
+            fast = not self.plain and len(graph.obstacles) <= FAST_MAX_OBSTACLES
+            path = graph.shortest_fast() if fast else graph.shortest()
             if path is None:
                 raise self._no_route(graph, stops)
-            more = self._met_by(area, path, graph, window, stops)
+            lon, lat = area.to_wgs_xy(path[:, 0], path[:, 1])
+            lonlat = np.column_stack([lon, lat])
+            more = self._met_by(area, path, lonlat, graph, window, stops)
             if not more:
-                return path
+                return lonlat[1:-1].tolist()
             for obstacle, for_ends in more:
                 graph.add(obstacle, for_ends)
 
     def _for_ends(
-        self, area: _Area, obstacle: _Obstacle, ends: FloatArray, stops: tuple[Point, Point]
+        self, area: _Area, obstacle: _Obstacle, graph: _Graph, stops: tuple[Point, Point]
     ) -> _ForEnds:
         """For an end within the obstacle's margin, a smaller obstacle that edges to that end
         must not meet, so that the end is reachable; None for an end outside the margin."""
+        x0, y0, x1, y1 = obstacle.box
+        if not any(x0 <= x <= x1 and y0 <= y <= y1 for x, y in graph.ends.tolist()):
+            return None, None
+        within = shapely.intersects(obstacle.solid, graph.end_points)
+        if not within.any():
+            return None, None
         smaller: list[BaseGeometry | None] = []
-        for end, stop in zip(ends, stops, strict=True):
-            point = shapely.Point(end)
-            if not shapely.intersects(obstacle.solid, point):
+        for point, inside, stop in zip(graph.end_points, within, stops, strict=True):
+            if not inside:
                 smaller.append(None)
                 continue
             distance = shapely.distance(point, obstacle.raw)
@@ -320,21 +458,23 @@ class Airspace:
         self,
         area: _Area,
         path: FloatArray,
+        lonlat: FloatArray,
         graph: _Graph,
         window: _Window,
         stops: tuple[Point, Point],
     ) -> list[tuple[_Obstacle, _ForEnds]]:
-        """The obstacles not yet in the graph that the path meets."""
-        line = shapely.LineString(path)
-        near = self._near(area.to_wgs(line), self._radius, window)
-        near = near[~np.isin(near, graph.member_ids())]
+        """The obstacles not yet in the graph that the path (also given in WGS84) meets."""
+        near = self._near(lonlat, self._radius, window)
+        members = graph.members
+        near = near[[i not in members for i in near.tolist()]]
         if not near.size:
             return []
         self._project(area, near)
+        line = shapely.linestrings(path)
         near = near[shapely.intersects(line, area.buffered[near])]
         met = []
         for obstacle in self._obstacles(area, near, window):
-            for_ends = self._for_ends(area, obstacle, graph.ends, stops)
+            for_ends = self._for_ends(area, obstacle, graph, stops)
             if _path_meets(path, obstacle, for_ends):
                 met.append((obstacle, for_ends))
         return met
@@ -361,14 +501,20 @@ class Airspace:
     # --- zones, areas and obstacles ----------------------------------------------------------
 
     def _active(self, indices: IntArray, window: _Window) -> IntArray:
+        if not self._windows:
+            return indices
         keep = (self._from[indices] <= window.end) & (self._until[indices] > window.start)
         return indices[keep]
 
-    def _near(self, wgs: BaseGeometry, metres: float, window: _Window) -> IntArray:
-        """Active zones that may lie within `metres` of a WGS84 geometry (a superset)."""
+    def _near(self, lonlat: FloatArray, metres: float, window: _Window) -> IntArray:
+        """Active zones that may lie within `metres` of a WGS84 polyline (a superset)."""
         if not self.zones:
             return np.empty(0, dtype=np.intp)
-        found = self._tree.query(wgs, predicate="dwithin", distance=_degrees(wgs, metres))
+        lat = lonlat[:, 1]
+        distance = _degrees(float(lat.min()), float(lat.max()), metres)
+        found = self._tree.query(
+            shapely.linestrings(lonlat), predicate="dwithin", distance=distance
+        )
         return self._active(found, window)
 
     def _area(self, middle: Point) -> _Area:
@@ -402,10 +548,11 @@ class Airspace:
         """Zones whose buffers overlap zone i's (active or not)."""
         found = area.neighbours.get(i)
         if found is None:
+            _, south, _, north = self._shapes[i].bounds
             near = self._tree.query(
                 self._shapes[i],
                 predicate="dwithin",
-                distance=_degrees(self._shapes[i], 2 * self._radius),
+                distance=_degrees(south, north, 2 * self._radius),
             )
             near = near[near != i]
             self._project(area, near)
@@ -420,6 +567,11 @@ class Airspace:
         for seed in seeds.tolist():
             if seed in seen:
                 continue
+            obstacle = area.groups.get(seed)
+            if obstacle is not None:
+                seen |= obstacle.members
+                obstacles.append(obstacle)
+                continue
             members, stack = {seed}, [seed]
             while stack:
                 for j in self._active(self._neighbours(area, stack.pop()), window).tolist():
@@ -433,6 +585,8 @@ class Airspace:
                 ids = np.fromiter(key, dtype=np.intp)
                 obstacle = _Obstacle.build(key, area.buffered[ids], area.raw[ids])
                 area.obstacles[key] = obstacle
+            if not self._windows:
+                area.groups.update(dict.fromkeys(key, obstacle))
             obstacles.append(obstacle)
         return obstacles
 
@@ -449,36 +603,50 @@ def _stamp(moment: datetime | None, default: float) -> float:
     return default if moment is None else moment.timestamp()
 
 
-def _degrees(wgs: BaseGeometry, metres: float) -> float:
-    """Degrees that span at least `metres` anywhere within that distance of the geometry
-    (a degree of longitude shrinks towards the poles)."""
-    _, south, _, north = wgs.bounds
+def _degrees(south: float, north: float, metres: float) -> float:
+    """Degrees that span at least `metres` anywhere within that distance of latitudes from
+    south to north (a degree of longitude shrinks towards the poles)."""
     lat = max(abs(south), abs(north)) + metres / _M_PER_DEG + 0.01
     return metres / (_M_PER_DEG * math.cos(math.radians(min(lat, 89.0))))
 
 
 class _Graph:
-    """The visibility graph over the route's two ends and its obstacles' convex vertices."""
+    """The visibility graph over the route's two ends and its obstacles' convex vertices.
 
-    def __init__(self, ends: FloatArray) -> None:
+    `shortest` is the plain search: the whole graph's tangent pairs found anew for each route
+    and a node's edges tested for visibility when A* expands it. `shortest_fast` finds the
+    same path (the same A*, over the same edges, in the same order) from what the area keeps:
+    each obstacle's own edges and those between two obstacles are found once (`_Area.pair`
+    `_Area.pair`); a route only adds the edges to its ends and tests, in one call per
+    obstacle, the edges whose bounding box meets an obstacle not already tested against."""
+
+    def __init__(self, area: _Area, ends: FloatArray) -> None:
+        self.area = area
         self.ends = ends
+        self.end_points = shapely.points(ends)
         self.obstacles: list[_Obstacle] = []
+        self.members: set[int] = set()
         self._for_ends: list[_ForEnds] = []
         self._solids: dict[tuple[bool, bool], BaseGeometry] = {}
 
     def add(self, obstacle: _Obstacle, for_ends: _ForEnds) -> None:
         self.obstacles.append(obstacle)
+        self.members |= obstacle.members
         self._for_ends.append(for_ends)
         self._solids.clear()
 
-    def member_ids(self) -> IntArray:
-        return np.fromiter((i for o in self.obstacles for i in o.members), dtype=np.intp)
+    def _within_margin(self, end: int) -> bool:
+        return any(f[end] is not None for f in self._for_ends)
+
+    # --- the plain search --------------------------------------------------------------------
 
     def _solid(self, to_a: bool, to_b: bool) -> BaseGeometry:
         """What an edge must not meet: every obstacle (a smaller one for an edge to an end
         within its margin), as one prepared geometry."""
         key = (to_a, to_b)
         solid = self._solids.get(key)
+        if solid is None and len(self.obstacles) == 1:
+            solid = _solid_for(self.obstacles[0], self._for_ends[0], to_a, to_b)  # prepared
         if solid is None:
             parts = [
                 _solid_for(o, f, to_a, to_b)
@@ -510,7 +678,7 @@ class _Graph:
         # An end within an obstacle's margin is reached by an edge into that margin, which
         # needs not touch the vertex it comes from.
         for end in (0, 1):
-            if any(f[end] is not None for f in self._for_ends):
+            if self._within_margin(end):
                 useful[end, :] = useful[:, end] = True
         h = length[1]
         best = np.full(n, math.inf)
@@ -523,10 +691,7 @@ class _Graph:
             if closed[u]:
                 continue
             if u == 1:
-                order = [1]
-                while order[-1] != 0:
-                    order.append(int(parent[order[-1]]))
-                return xy[order[::-1]]
+                return xy[_order(parent.tolist())]
             closed[u] = True
             cost = g + length[u]
             candidates = np.flatnonzero(useful[u] & ~closed & (cost < best))
@@ -545,6 +710,167 @@ class _Graph:
                 parent[v] = u
                 heapq.heappush(heap, (cost[v] + h[v], cost[v], v))
         return None
+
+    # --- the fast search ---------------------------------------------------------------------
+
+    def shortest_fast(self) -> FloatArray | None:
+        """The path `shortest` finds, from the edges the area keeps (see the class)."""
+        obstacles = self.obstacles
+        count = len(obstacles)
+        xy = np.concatenate([self.ends, *(o.xy for o in obstacles)])
+        n = len(xy)
+        offsets = [2]
+        owner = [-1, -1]
+        for p, obstacle in enumerate(obstacles):
+            offsets.append(offsets[-1] + len(obstacle.xy))
+            owner += [p] * len(obstacle.xy)
+        self.area.pairs_fill(obstacles)
+        # rows[p][q][v]: the edges from obstacle p's vertex v to obstacle q's vertices.
+        rows: dict[int, list[list[list[tuple[int, float]]]]] = {}
+        blocked = self._blocked_between(xy, offsets)
+        from_a, to_b = self._end_edges(xy)
+        to_goal = xy - self.ends[1]
+        h = np.hypot(to_goal[:, 0], to_goal[:, 1]).tolist()
+        best = [math.inf] * n
+        best[0] = 0.0
+        parent = [-1] * n
+        closed = [False] * n
+        heap = [(h[0], 0.0, 0)]
+        while heap:
+            _, g, u = heapq.heappop(heap)
+            if closed[u]:
+                continue
+            if u == 1:
+                return xy[_order(parent)]
+            closed[u] = True
+            # The neighbours in increasing order, as the plain search pushes them: the goal,
+            # then each obstacle's vertices in turn.
+            if u == 0:
+                edges = from_a
+            else:
+                p = owner[u]
+                local = u - offsets[p]
+                row = rows.get(p)
+                if row is None:
+                    row = rows[p] = [
+                        self.area.pair(obstacles[p], o).out for q, o in enumerate(obstacles)
+                    ]
+                goal = to_b[u]
+                edges = [] if goal is None else [(1, goal)]
+                for q in range(count):
+                    first = offsets[q]
+                    edges += [(first + v, d) for v, d in row[q][local]]
+            for v, d in edges:
+                cost = g + d
+                if cost < best[v] and not closed[v] and not (blocked and (u, v) in blocked):
+                    best[v] = cost
+                    parent[v] = u
+                    heapq.heappush(heap, (cost + h[v], cost, v))
+        return None
+
+    def _blocked_between(self, xy: FloatArray, offsets: list[int]) -> set[tuple[int, int]]:
+        """The edges between obstacles' vertices (each already clear of the obstacles at its
+        ends) that another obstacle of the graph blocks, both ways. An edge is tested only
+        against the obstacles its box meets, in one call per obstacle."""
+        obstacles = self.obstacles
+        if len(obstacles) == 2 and not _boxes_meet(obstacles[0].box, obstacles[1].box):
+            return set()
+        parts: list[tuple[_Edges, int, int]] = []  # edges from obstacle q to obstacle p
+        for p, obstacle in enumerate(obstacles):
+            for q in range(p + 1):
+                edges = self.area.pair(obstacles[q], obstacle)
+                if len(edges.i):
+                    parts.append((edges, q, p))
+        sizes = [len(edges.i) for edges, _, _ in parts]
+        low = np.concatenate([edges.low for edges, _, _ in parts])
+        high = np.concatenate([edges.high for edges, _, _ in parts])
+        boxes = np.array([o.box for o in obstacles])
+        meets = (
+            (low[:, None, 0] <= boxes[:, 2])
+            & (boxes[:, 0] <= high[:, None, 0])
+            & (low[:, None, 1] <= boxes[:, 3])
+            & (boxes[:, 1] <= high[:, None, 1])
+        )
+        rows = np.arange(len(low))
+        meets[rows, np.repeat([q for _, q, _ in parts], sizes)] = False
+        meets[rows, np.repeat([p for _, _, p in parts], sizes)] = False
+        against = np.flatnonzero(meets.any(axis=0))
+        if not against.size:
+            return set()
+        lines = np.concatenate([edges.lines for edges, _, _ in parts])
+        blocked = np.zeros(len(low), dtype=bool)
+        for m in against.tolist():
+            tested = meets[:, m]
+            blocked[tested] |= shapely.intersects(obstacles[m].solid, lines[tested])
+        found = np.flatnonzero(blocked)
+        if not found.size:
+            return set()
+        i = np.concatenate([edges.i + offsets[q] for edges, q, _ in parts])[found]
+        j = np.concatenate([edges.j + offsets[p] for edges, _, p in parts])[found]
+        pairs = list(zip(i.tolist(), j.tolist(), strict=True))
+        return {*pairs, *((v, u) for u, v in pairs)}
+
+    def _end_edges(self, xy: FloatArray) -> tuple[list[tuple[int, float]], list[float | None]]:
+        """The edges from end 0 (to end 1, then to vertices by index) and the lengths of those
+        from a vertex to end 1 (None: no edge) that a shortest path may take and that keep
+        clear of every obstacle: to a vertex where the path can bend (any vertex for an end
+        within an obstacle's margin), and from end 0 to end 1."""
+        ends, vertices = self.ends, xy[2:]
+        step = ends[:, None, :] - vertices  # step[end, v]: from vertex v to the end
+        length = np.hypot(step[..., 0], step[..., 1])
+        to_prev = np.concatenate([o.to_prev for o in self.obstacles])
+        to_next = np.concatenate([o.to_next for o in self.obstacles])
+        tangent = _tangent(step, to_prev, to_next, length)
+        for which in (0, 1):
+            if self._within_margin(which):
+                tangent[which] = True
+        end, vertex = np.nonzero(tangent)
+        # Edge 0 is end 0 to end 1; then the ends to the vertices.
+        coords = np.empty((len(end) + 1, 2, 2))
+        coords[0] = ends
+        coords[1:, 0] = ends[end]
+        coords[1:, 1] = vertices[vertex]
+        lines = shapely.linestrings(coords)
+        blocked = np.zeros(len(lines), dtype=bool)
+        for obstacle, for_ends in zip(self.obstacles, self._for_ends, strict=True):
+            if for_ends == (None, None):
+                blocked |= shapely.intersects(obstacle.solid, lines)
+                continue
+            to_a = np.concatenate([[True], end == 0])
+            to_b = np.concatenate([[True], end == 1])
+            for key_a, key_b in ((True, True), (True, False), (False, True)):
+                kind = (to_a == key_a) & (to_b == key_b)
+                solid = _solid_for(obstacle, for_ends, key_a, key_b)
+                blocked[kind] |= shapely.intersects(solid, lines[kind])
+        from_a: list[tuple[int, float]] = []
+        to_b_length: list[float | None] = [None] * len(xy)
+        if not blocked[0]:
+            straight = ends[1] - ends[0]
+            from_a.append((1, float(np.hypot(straight[0], straight[1]))))
+        clear = ~blocked[1:]
+        for e, v, d in zip(
+            end[clear].tolist(),
+            (vertex[clear] + 2).tolist(),
+            length[end[clear], vertex[clear]].tolist(),
+            strict=True,
+        ):
+            if e == 0:
+                from_a.append((v, d))
+            else:
+                to_b_length[v] = d
+        return from_a, to_b_length
+
+
+def _boxes_meet(one: Box, other: Box) -> bool:
+    return one[0] <= other[2] and other[0] <= one[2] and one[1] <= other[3] and other[1] <= one[3]
+
+
+def _order(parent: list[int]) -> list[int]:
+    """The nodes from end 0 to end 1 along the search's parents."""
+    order = [1]
+    while order[-1] != 0:
+        order.append(parent[order[-1]])
+    return order[::-1]
 
 
 def _tangent(edge: FloatArray, to_prev: FloatArray, to_next: FloatArray, length: FloatArray) -> Any:

@@ -1,6 +1,7 @@
 """Route planning around no-fly zones: how long Airspace.route takes with 500 zones in a city.
 
     .venv/bin/python bench/airspace.py [--zones 500] [--samples 1000] [--seed 1] [--profile]
+                                       [--plain]
 
 Places random small zones (polygons 50-400 m across) over a 20 x 20 km area around Seattle,
 builds the Airspace, then draws random pairs of stops in the area (none inside a zone) and sorts
@@ -8,7 +9,8 @@ them, with a check of its own, into `--samples` pairs whose straight line keeps 
 as many whose straight line does not. It plans their routes in a shuffled order twice: first on
 a new Airspace (its caches of projections, projected zones and merged obstacles empty, as after
 a zone changes), then again (caches filled). Prints p50 and p99 of each kind beside its target,
-and the build time. No database. A benchmark, not a test: it prints figures.
+and the build time. `--plain`: with the plain search instead of the fast one (airspace.routing).
+No database. A benchmark, not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -107,12 +109,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--margin", type=float, default=50.0)
     parser.add_argument("--profile", action="store_true", help="cProfile the routes")
+    parser.add_argument("--plain", action="store_true", help="the plain search (to compare)")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
     zones = [random_zone(rng, k) for k in range(args.zones)]
     began = time.perf_counter()
-    airspace = Airspace(zones, margin_m=args.margin)
+    airspace = Airspace(zones, margin_m=args.margin, plain=args.plain)
     build_ms = (time.perf_counter() - began) * 1000
     clear, blocked = sample_stops(rng, zones, args.samples, args.margin)
     tasks = [("clear", a, b) for a, b in clear] + [("detour", a, b) for a, b in blocked]
@@ -143,6 +146,7 @@ def main() -> None:
     print(
         f"Airspace: {args.zones} zones (50-400 m across) over {side:g} x {side:g} km around "
         f"Seattle, margin {args.margin:g} m, {len(tasks)} routes"
+        f"{' (plain search)' if args.plain else ''}"
     )
     print(f"  build (index the zones)            {build_ms:7.2f} ms")
     print(

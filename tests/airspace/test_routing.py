@@ -366,3 +366,65 @@ def test_the_margin_is_the_one_given() -> None:
     assert Airspace([zone], margin_m=100).route(WEST, EAST) == [WEST, EAST]
     route = Airspace([zone], margin_m=150).route(WEST, EAST)
     assert clearance_m(route, [zone]) >= 150 - 0.5
+
+
+# --- the fast search against the plain one ------------------------------------------------------
+
+
+def random_zones(
+    rng: random.Random, count: int, half_side: float, *, windows: bool = False
+) -> list[Zone]:
+    """Star-shaped zones 50-400 m across over a square `2 * half_side` metres wide; with
+    windows, a third of them in force only from an hour after noon."""
+    zones = []
+    for k in range(count):
+        east, north = rng.uniform(-half_side, half_side), rng.uniform(-half_side, half_side)
+        radius, sides = rng.uniform(25, 200), rng.randint(4, 9)
+        corners = []
+        for side in range(sides):
+            angle = 2 * math.pi * (side + rng.uniform(-0.3, 0.3)) / sides
+            r = radius * rng.uniform(0.6, 1.0)
+            corners.append((east + r * math.cos(angle), north + r * math.sin(angle)))
+        later = NOON + HOUR if windows and k % 3 == 0 else None
+        outline = {"type": "Polygon", "coordinates": [ring(*corners)]}
+        zones.append(Zone(str(k), f"zone {k}", outline, valid_from=later))
+    return zones
+
+
+@pytest.mark.parametrize(
+    ("seed", "count", "half_side", "windows", "trips"),
+    [
+        (1, 150, 3000, False, 60),
+        (2, 300, 2000, False, 15),
+        (3, 250, 4000, True, 40),
+        (4, 60, 1500, False, 60),
+    ],
+)
+def test_the_fast_search_plans_the_routes_of_the_plain_one(
+    seed: int, count: int, half_side: float, windows: bool, trips: int
+) -> None:
+    # Sparse and dense fields (in the dense one, zones merge and detours pass many obstacles),
+    # zones with time windows, stops anywhere: also within a zone's margin or inside a zone.
+    rng = random.Random(seed)
+    zones = random_zones(rng, count, half_side, windows=windows)
+    fast = Airspace(zones, margin_m=MARGIN)
+    plain = Airspace(zones, margin_m=MARGIN, plain=True)
+    start, end = (NOON, NOON + HOUR / 2) if windows else (None, None)
+    detours = bends = 0
+    for _ in range(trips):
+        a = at(rng.uniform(-half_side, half_side), rng.uniform(-half_side, half_side))
+        b = at(rng.uniform(-half_side, half_side), rng.uniform(-half_side, half_side))
+        try:
+            expected = plain.route(a, b, start=start, end=end)
+        except NoRoute as refused:
+            with pytest.raises(type(refused)) as also:
+                fast.route(a, b, start=start, end=end)
+            assert also.value.zones == refused.zones
+            continue
+        route = fast.route(a, b, start=start, end=end)
+        assert route[0] == a and route[-1] == b
+        assert abs(length_m(route) - length_m(expected)) <= 1.0
+        detours += len(expected) > 2
+        bends = max(bends, len(expected) - 2)
+    assert detours >= trips // 4
+    assert bends >= 4
