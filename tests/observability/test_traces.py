@@ -143,3 +143,67 @@ def test_nothing_is_set_up_without_an_exporter(monkeypatch: pytest.MonkeyPatch) 
         assert telemetry.configure_telemetry(service_name="fabrikam-test") is False
     assert not telemetry.enabled() and telemetry.traceparent() == ""
     assert not DjangoInstrumentor().is_instrumented_by_opentelemetry
+
+
+def test_a_request_the_sampler_left_out_is_not_traced_and_its_workflow_follows_it(
+    stack: Stack, otlp: OtlpReceiver, transactional_db: None, tenant: Tenant
+) -> None:
+    """A caller's traceparent with the sampled flag off: nothing of the request or of its
+    workflow is exported, yet the decision travels with the message (the worker does not start
+    a trace of its own) and the trace id is stored with the delivery."""
+    make_fleet(3)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = requests.post(
+        f"{stack.web.url}/api/v1/deliveries",
+        json=delivery_body(),
+        headers={
+            "Authorization": f"Api-Key {tenant.key}",
+            "traceparent": f"00-{trace_id}-00f067aa0ba902b7-00",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    delivery_id = response.json()["id"]
+    wait_for(
+        lambda: Delivery.objects.get(pk=delivery_id).status == "assigned",
+        timeout=30,
+        what="the delivery assigned",
+    )
+    delivery = Delivery.objects.get(pk=delivery_id)
+    assert delivery.traceparent.startswith(f"00-{trace_id}-") and delivery.traceparent[-2:] == "00"
+    # A sampled request made after it is exported whole, so the unsampled one had its chance.
+    later = post_delivery(stack.web.url, tenant)
+    wait_for(lambda: has_request_span(otlp, later), timeout=20, what="the later POST's span")
+    wait_for(
+        lambda: workflow_done(otlp, request_span(otlp, later).trace_id),
+        timeout=30,
+        what="the later workflow's spans",
+    )
+    assert otlp.trace(trace_id) == []
+    assert otlp.find(delivery_id=delivery_id) == []
+
+
+def test_inside_a_request_the_sampler_left_out_the_other_instrumentations_are_off() -> None:
+    """The database, Redis, MongoDB and HTTP client instrumentations do nothing for it (they
+    would wrap every call in a span nobody records); a sampled request keeps them."""
+    from django.test import RequestFactory
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from portal import telemetry
+
+    request = RequestFactory().post("/api/v1/deliveries")
+    left_out = NonRecordingSpan(SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(0)))
+    telemetry._request_started(left_out, request)
+    try:
+        assert not is_instrumentation_enabled()
+    finally:
+        telemetry._request_finished(left_out, request, None)
+    assert is_instrumentation_enabled()
+
+    sampled = TracerProvider().get_tracer("test").start_span("POST")
+    telemetry._request_started(sampled, request)
+    assert is_instrumentation_enabled()
+    telemetry._request_finished(sampled, request, None)
+    sampled.end()
