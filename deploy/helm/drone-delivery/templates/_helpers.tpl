@@ -105,6 +105,16 @@ component's Key Vault secrets. dict "root" $ "component" "web" "config" .Values.
   valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ printf "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),k8s.node.name=$(K8S_NODE_NAME),k8s.deployment.name=%s,service.version=%s" (include "dd.componentName" .) (default $root.Chart.AppVersion $values.image.tag) | quote }}
+{{- if has .component (list "web" "worker") }}
+# Several processes (gunicorn's workers, Celery's pool) record metrics here; /metrics sums them.
+- name: PROMETHEUS_MULTIPROC_DIR
+  value: /tmp/prometheus
+{{- end }}
+{{- if has .component (list "worker" "beat" "simulator") }}
+# These have no web server of their own: /metrics on this port (dd.metricsPort).
+- name: METRICS_PORT
+  value: {{ $values.metrics.port | toString | quote }}
+{{- end }}
 {{- range $name := keys $env | sortAlpha }}
 - name: {{ $name }}
   value: {{ get $env $name | toString | quote }}
@@ -227,6 +237,20 @@ rollingUpdate:
 {{/* The port a serving component's container listens on: "web" or "live". dict "root" "component" */}}
 {{- define "dd.containerPort" -}}
 {{- if eq .component "web" }}8000{{ else if eq .component "live" }}{{ .root.Values.live.port }}{{ else }}{{ fail (printf "%s serves no port" .component) }}{{ end }}
+{{- end }}
+
+{{/* The port a component serves /metrics on: web and live on their own, the others on
+metrics.port; "" for migrations. dict "root" "component" */}}
+{{- define "dd.metricsPort" -}}
+{{- if has .component (list "web" "live") }}{{ include "dd.containerPort" . }}{{ else if has .component (list "worker" "beat" "simulator") }}{{ .root.Values.metrics.port }}{{ end }}
+{{- end }}
+
+{{/* The metrics port of worker, beat and the simulator, in their container's spec. */}}
+{{- define "dd.metricsContainerPort" -}}
+ports:
+  - name: metrics
+    containerPort: {{ .root.Values.metrics.port }}
+    protocol: TCP
 {{- end }}
 
 {{/* The web Service as the simulator reaches it inside the cluster. */}}
