@@ -17,7 +17,8 @@ One trace per delivery: the request's context travels with the workflow message 
 message's headers (the Celery instrumentation), and is stored with the delivery
 (`Delivery.traceparent`) and with a message the broker refused (`OutboxMessage.traceparent`),
 so the outbox relay and the sweeper publish inside the original trace (`continued`) instead of
-starting their own. Stage changes and telemetry reports are linked to it (`link_delivery`).
+starting their own. Stage changes and telemetry reports are linked to it (`link_delivery`), and
+so is the sending of its webhooks (`link_deliveries`), which beat starts in a trace of its own.
 
 What a request the sampler left out costs (OTEL_TRACES_SAMPLER=parentbased_traceidratio, as the
 chart samples a tenth): its spans are non-recording, so nothing of it is exported, but the
@@ -37,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -299,6 +300,28 @@ def link_delivery(delivery: Any) -> None:
         span.add_link(
             linked, {"fabrikam.link": "delivery.request", "delivery.id": str(delivery.pk)}
         )
+
+
+def link_deliveries(delivery_ids: Iterable[Any]) -> None:
+    """Link the current span (a webhook sender's run, say) to the traces of the requests that
+    created these deliveries, once per trace. Only for a recording span: an unsampled run
+    neither reads the deliveries' traceparents nor links anything."""
+    if not _configured:
+        return
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    from deliveries.models import Delivery
+
+    own = span.get_span_context().trace_id
+    seen: set[int] = set()
+    rows = Delivery.objects.filter(pk__in={str(pk) for pk in delivery_ids}).exclude(traceparent="")
+    for pk, parent in rows.values_list("pk", "traceparent"):
+        linked = _span_context(parent)
+        if linked is None or linked.trace_id in seen or linked.trace_id == own:
+            continue
+        seen.add(linked.trace_id)
+        span.add_link(linked, {"fabrikam.link": "delivery.request", "delivery.id": str(pk)})
 
 
 @contextmanager

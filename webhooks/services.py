@@ -47,6 +47,7 @@ from standardwebhooks.webhooks import Webhook
 
 from businesses.models import Business
 from deliveries.models import Delivery
+from portal import telemetry
 from portal.errors import NotFound, Unprocessable
 from portal.timefmt import iso
 from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
@@ -652,6 +653,7 @@ def _send(
     batch = list(messages)
     if not batch:
         return []
+    telemetry.link_deliveries(message.delivery_id for message in batch)
     checked: dict[tuple[str, int], str | UnsafeUrl] = {}
     posts = []
     for message in batch:

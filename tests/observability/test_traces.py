@@ -207,3 +207,45 @@ def test_inside_a_request_the_sampler_left_out_the_other_instrumentations_are_of
     assert is_instrumentation_enabled()
     telemetry._request_finished(sampled, request, None)
     sampled.end()
+
+
+def test_sending_a_deliverys_webhook_is_linked_to_the_delivery_request_trace(
+    stack: Stack, otlp: OtlpReceiver, transactional_db: None, tenant: Tenant
+) -> None:
+    """Beat starts the dispatch in a trace of its own; the sender's run links to the trace of
+    the request that created the delivery, as the relay does."""
+    from portal.celery import app
+    from webhooks.models import WebhookMessage
+
+    make_fleet(3)
+    created = requests.post(
+        f"{stack.web.url}/api/v1/webhooks",
+        # Nothing listens there: the attempt fails and is recorded, which is all this needs.
+        json={"url": "http://127.0.0.1:9/fabrikam", "events": ["delivery.assigned"]},
+        headers={"Authorization": f"Api-Key {tenant.key}"},
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+    delivery_id = post_delivery(stack.web.url, tenant)
+    wait_for(lambda: has_request_span(otlp, delivery_id), timeout=20, what="the POST's span")
+    request = request_span(otlp, delivery_id)
+
+    def attempted() -> bool:
+        message = WebhookMessage.objects.filter(delivery_id=delivery_id).first()
+        if message is None or message.attempts == 0:
+            app.send_task("workers.webhooks_dispatch")  # as beat would, every 2 s
+            return False
+        return True
+
+    wait_for(attempted, timeout=30, what="the webhook attempted")
+
+    def sender_runs() -> list[Span]:
+        return [
+            s
+            for s in otlp.find(service="fabrikam-worker")
+            if s.name.startswith("run/workers.webhook")
+            and (request.trace_id, request.span_id) in s.links
+        ]
+
+    wait_for(lambda: bool(sender_runs()), timeout=20, what="the sender's run, linked")
+    assert all(s.trace_id != request.trace_id for s in sender_runs())
