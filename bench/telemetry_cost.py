@@ -10,6 +10,11 @@ trace (the SDK's default). Closed-loop rounds take each in turn, in a rotating o
 machine that speeds up or slows down moves all three; a cost is one minus the median of the
 rounds' rate ratios. Target: at most 15 % as the chart samples; every trace is shown beside it.
 
+Beside the rates, each server's CPU per request (its gunicorn processes' CPU time during its
+turn, from /proc, over the requests it answered) and the cost read from it: the median of the
+rounds' CPU ratios, minus one. On a busy machine the rates swing with whatever else runs; the
+CPU a request takes moves much less, so that figure is the one to read there.
+
     .venv/bin/python bench/telemetry_cost.py [--rounds 5] [--seconds 3]
 """
 
@@ -30,7 +35,7 @@ from typing import Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench import load  # noqa: E402
+from bench import cpu, load  # noqa: E402
 from bench.run import (  # noqa: E402
     CENTER,
     FLEET_RADIUS_KM,
@@ -101,13 +106,13 @@ def main() -> int:
             made.drone_ids += fleet.drone_ids
             made.base_ids += [b.id for b in fleet.bases]
             print(f"database: {vendor}; {machine_load()}", flush=True)
-            rates = measure(args, env, key)
+            rates, cpu_ms = measure(args, env, key)
         finally:
             app.control.purge()  # the workflow messages the requests queued
             if connection.vendor != "sqlite":
                 cleanup(made)
             connection.close()
-    costs = {}
+    costs, cpu_costs = {}, {}
     for name in ("sampled", "all"):
         ratios = [r[name] / r["off"] for r in rates if r["off"]]
         costs[name] = 1 - statistics.median(ratios)
@@ -117,6 +122,15 @@ def main() -> int:
             + f"; median {statistics.median(ratios):.3f}",
             flush=True,
         )
+        cpu_ratios = [c[name] / c["off"] for c in cpu_ms if c["off"] and c[name]]
+        cpu_costs[name] = statistics.median(cpu_ratios) - 1 if cpu_ratios else float("nan")
+        print(
+            f"   {name} / off, CPU per request, round by round: "
+            + ", ".join(f"{x:.3f}" for x in cpu_ratios)
+            + f"; median {1 + cpu_costs[name]:.3f}",
+            flush=True,
+        )
+    print(f"   {machine_load()}", flush=True)
     print("| figure | measured | target | result |")
     print("| --- | --- | --- | --- |")
     verdict = "PASS" if costs["sampled"] <= TARGET_COST else "FAIL"
@@ -127,6 +141,13 @@ def main() -> int:
     print(
         f"| ingestion: cost of tracing every request | {100 * costs['all']:.1f} % | | (compared) |"
     )
+    off_ms = statistics.median(c["off"] for c in cpu_ms)
+    for name, label in (("sampled", "10 % sampled"), ("all", "every trace")):
+        ms = statistics.median(c[name] for c in cpu_ms)
+        print(
+            f"| ingestion: web CPU per request, {label} / off | {ms:.2f} / {off_ms:.2f} ms: "
+            f"{100 * cpu_costs[name]:+.1f} % | | (CPU) |"
+        )
     return 0
 
 
@@ -140,7 +161,10 @@ SERVERS = {
 }
 
 
-def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> list[dict[str, float]]:
+def measure(
+    args: argparse.Namespace, env: dict[str, str], key: str
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Each round's rate (requests a second) and web CPU per request (ms) of each server."""
     headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {key}"}
     bodies = [json.dumps(b).encode() for b in delivery_bodies(500, seed=args.seed)]
     sink_port = free_port()
@@ -156,6 +180,7 @@ def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> list[dic
     web = {**env, "DJANGO_SETTINGS_MODULE": "portal.settings"}
     exporting = {**web, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}"}
     sink = [sys.executable, str(Path(__file__).resolve()), "--collector", str(sink_port)]
+    pids: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         stack.enter_context(process(sink, env=env, log=WORK_DIR / "collector.log"))
         for name, extra in SERVERS.items():
@@ -167,28 +192,44 @@ def measure(args: argparse.Namespace, env: dict[str, str], key: str) -> list[dic
                     log=log,
                 )
             )
+            pids[name] = child.pid
             wait_http(
                 f"http://127.0.0.1:{ports[name]}/healthz/live", timeout=60, child=child, log=log
             )
         for target in targets.values():  # warm every server's code paths and connections
             load.closed_loop(target, concurrency=args.concurrency, seconds=1.0, warmup=0.5)
         rates: list[dict[str, float]] = []
+        cpu_ms: list[dict[str, float]] = []
         names = list(SERVERS)
         for round_ in range(args.rounds):
             measured: dict[str, float] = {}
+            spent: dict[str, float] = {}
             for name in names[round_ % 3 :] + names[: round_ % 3]:
+                before = cpu.snapshot()
                 result = load.closed_loop(
                     targets[name], concurrency=args.concurrency, seconds=args.seconds, warmup=0.0
                 )
+                spent_by = cpu.usage(before, cpu.snapshot(), _server_group(pids[name]))
+                web_cpu = spent_by.get("web", 0.0)
                 measured[name] = result.rate
+                spent[name] = 1000 * web_cpu / result.completed if result.completed else 0.0
                 print(
                     f"   telemetry {name:<7} {result.rate:7.1f} req/s  "
                     f"p50 {result.percentile_ms(50):6.1f} ms  "
-                    f"p99 {result.percentile_ms(99):6.1f} ms  {dict(result.statuses)}",
+                    f"p99 {result.percentile_ms(99):6.1f} ms  "
+                    f"web CPU {spent[name]:5.2f} ms/req  {dict(result.statuses)}",
                     flush=True,
                 )
             rates.append(measured)
-    return rates
+            cpu_ms.append(spent)
+    return rates, cpu_ms
+
+
+def _server_group(root: int) -> Any:
+    def group(snap: cpu.Snapshot, pid: int) -> str:
+        return "web" if cpu.descends_from(snap, pid, root) else "other"
+
+    return group
 
 
 if __name__ == "__main__":
