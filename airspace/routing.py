@@ -27,8 +27,12 @@ visibility against their own obstacles, found once per obstacle and pair); a rou
 the edges to its two ends (one call per obstacle), tests the kept edges against its other
 obstacles where their boxes meet, and runs the same A* in plain Python lists, pushing in the
 same order, so it plans the same routes (tests/airspace/test_routing.py compares the two on
-random zone fields). Measured without a database (bench/airspace.py and bench/run.py's zones
-phase, 500 zones, on a shared 2-CPU machine): see README's benchmark table.
+random zone fields). Measured in CPU instructions per route (valgrind; no database, so the same
+on SQLite and PostgreSQL): among bench/run.py's 500 zones, its 150 first trips cost 2.2 million
+against 4.4 before with the caches filled, 4.9 against 5.5 on a new airspace (the kept edges are
+found then); bench/airspace.py's longer detours 16.0 against 20.3 million, and 27.9 against
+26.6 (5 % more) on a new airspace. On the zones phase's throughput ratio (PostgreSQL, a busy
+shared machine) no gain showed beyond the noise: its web processes plan mostly on new airspaces.
 """
 
 from __future__ import annotations
