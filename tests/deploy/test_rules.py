@@ -907,3 +907,12 @@ def test_flux_installs_this_chart_with_the_prod_values_from_this_repository(
         assert (REPO / path).exists(), path
     assert release["spec"]["targetNamespace"] == NAMESPACE
     assert release["spec"]["upgrade"]["remediation"]["strategy"] == "rollback"
+
+
+def test_web_reads_client_addresses_from_the_ingress_forwarded_header(
+    objs: list[dict[str, Any]],
+) -> None:
+    # Behind the Application Gateway every request comes from the gateway's address: without
+    # this, one client's failed sign-ins would throttle everyone (portal/limits.py).
+    web = by_component(objs, "Deployment")["web"]["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(web)["TRUSTED_PROXY_COUNT"] == "1"
