@@ -27,10 +27,10 @@ Inside such a request or workflow step they are switched off (`suppress_instrume
 they all honour; the Celery instrumentation does not, so the message still carries the trace
 and its decision to the worker). Measured on `POST /api/v1/deliveries` called in-process (the
 WSGI application in a loop, PostgreSQL, Redis broker, OTLP to a no-op collector), CPU time in
-40 alternating rounds: telemetry at 10 % sampling cost 22.7 % more CPU than off before this,
-17.7 % after (every request traced: 40.9 %, 36.8 %). What remains is mostly the Django
-instrumentation's own work per request and the Celery producer span; bench/telemetry_cost.py
-measures the same through gunicorn.
+40-50 alternating rounds, two runs: telemetry at 10 % sampling cost 22.7-25.0 % more CPU than
+off before this, 17.7-20.8 % after (every request traced: 40.5-40.9 %, 36.8-39.2 %). What
+remains is mostly the Django instrumentation's own work per request (attributes, span name,
+metrics) and the Celery producer span; bench/telemetry_cost.py measures it through gunicorn.
 """
 
 from __future__ import annotations
