@@ -91,3 +91,50 @@ class ApiSchema(AutoSchema):
         ):
             schema["pattern"] = NO_NUL
         return schema
+
+
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+# OpenAPI links from the operations that create a resource to those that take its id, by
+# operationId: clients (and schemathesis' stateful testing) follow them from one answer to the next.
+_DELIVERY = {"delivery_id": "$response.body#/id"}
+_ENDPOINT = {"endpoint_id": "$response.body#/id"}
+LINKS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("deliveries_create", "202"): {
+        "GetDelivery": _link("deliveries_retrieve", **_DELIVERY),
+        "GetDeliveryStatus": _link("deliveries_status_retrieve", **_DELIVERY),
+        "RescheduleDelivery": _link("deliveries_partial_update", **_DELIVERY),
+        "CancelDelivery": _link("deliveries_cancel_create", **_DELIVERY),
+    },
+    ("webhooks_create", "201"): {
+        "GetEndpoint": _link("webhooks_retrieve", **_ENDPOINT),
+        "ChangeEndpoint": _link("webhooks_partial_update", **_ENDPOINT),
+        "RotateEndpointSecret": _link("webhooks_rotate_create", **_ENDPOINT),
+        "ListEndpointAttempts": _link("webhooks_attempts_list", **_ENDPOINT),
+        "DeleteEndpoint": _link("webhooks_destroy", **_ENDPOINT),
+    },
+    ("webhooks_attempts_list", "200"): {
+        "ResendMessage": _link(
+            "webhooks_messages_resend_create",
+            endpoint_id="$request.path.endpoint_id",
+            message_id="$response.body#/results/0/message_id",
+        ),
+    },
+}
+
+
+def add_links(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the LINKS on the answers they follow from."""
+    answers = {
+        (operation["operationId"], code): answer
+        for item in result.get("paths", {}).values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+        for code, answer in operation.get("responses", {}).items()
+    }
+    for key, links in LINKS.items():
+        if key in answers:  # the operation may be left out (a schema for some endpoints only)
+            answers[key].setdefault("links", {}).update(links)
+    return result

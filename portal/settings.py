@@ -469,6 +469,11 @@ SPECTACULAR_SETTINGS = {
     # Input and output components apart, so that inputs carry their own rules (minLength: 1 for
     # a required string) and schemathesis generates what the API accepts.
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # Links from a created delivery or webhook endpoint to the operations on it.
+        "portal.schema.add_links",
+    ],
 }
 
 # Live feeds (server-sent events) come from the ASGI `live` process under /live/. On AKS the

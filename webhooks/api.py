@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +45,8 @@ class _NoUnknownFields(serializers.Serializer):
 @extend_schema_field(
     {
         "type": "string",
-        "pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s\x00\[\]]+[^\x00\[\]]*$",
+        "pattern": r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s\x00-\x1f\x7f-\x9f\[\]]+"
+        r"[^\s\x00-\x1f\x7f-\x9f\[\]]*$",
         "maxLength": 2000,
         "description": "https:// (http:// only in development), to a public host",
     }
@@ -54,6 +56,8 @@ class UrlField(serializers.CharField):
     public address, a real port) is the service's check, a 422 that says why."""
 
     default_error_messages = {"invalid": "Enter a valid URL."}
+    # No URL holds whitespace or a control character (stored, it would not be an IRI).
+    _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(max_length=2000, **kwargs)
@@ -64,7 +68,7 @@ class UrlField(serializers.CharField):
             parts = urlsplit(value)
         except ValueError:
             self.fail("invalid")
-        if not parts.scheme or not parts.netloc:
+        if not parts.scheme or not parts.netloc or self._UNSAFE.search(value):
             self.fail("invalid")
         return value
 
@@ -94,9 +98,14 @@ class EndpointChangeIn(_NoUnknownFields):
 # --- output -----------------------------------------------------------------------------------
 
 
+@extend_schema_field({"type": "string", "format": "iri"})
+class IriField(serializers.CharField):
+    """A URL as it was given: an IRI, whose host may be internationalized (bücher.example)."""
+
+
 class EndpointOut(serializers.Serializer):
     id = serializers.UUIDField()
-    url = serializers.URLField()
+    url = IriField()
     events = serializers.ListField(child=serializers.CharField())
     active = serializers.BooleanField()
     description = serializers.CharField()

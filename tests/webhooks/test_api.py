@@ -176,3 +176,14 @@ def test_a_url_with_an_impossible_port_is_a_422_not_a_500(tenant: Tenant) -> Non
     response = tenant.client.post_json("/api/v1/webhooks", body)
     assert response.status_code == 422
     assert "port" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://example.com/a\x19b", "https://example.com/a b", "https://exa\x85mple.com/h"],
+)
+def test_a_url_with_a_control_character_or_a_space_is_a_400(tenant: Tenant, url: str) -> None:
+    response = create(tenant, url)
+    assert response.status_code == 400
+    assert "url" in response.json()["error"]["fields"]
+    assert not WebhookEndpoint.objects.exists()
