@@ -16,7 +16,6 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from portal.errors import Conflict, DomainError, LimitReached, NotFound, Unavailable
 
@@ -83,6 +82,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return _dependency_error(exc)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.messages)
+    # Imported here: rest_framework.views reads DEFAULT_PARSER_CLASSES (this module's
+    # JsonParser) when it is first imported, which must not happen while this module loads.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
