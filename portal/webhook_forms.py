@@ -4,6 +4,7 @@ the field they concern."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
@@ -25,6 +26,9 @@ EVENT_LABELS = {
 
 def event_choices() -> list[tuple[str, str]]:
     return [(event, EVENT_LABELS.get(event, event)) for event in services.EVENT_TYPES]
+
+
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
 class WebhookEndpointForm(forms.Form):
@@ -60,6 +64,16 @@ class WebhookEndpointForm(forms.Form):
         required=False,
         initial=True,
     )
+
+    def clean_url(self) -> str:
+        # As the API (webhooks.api.UrlField): no whitespace or control character anywhere in
+        # the address; Django's URLField lets some through in the path.
+        url = str(self.cleaned_data.get("url") or "")
+        if _UNSAFE.search(url):
+            raise forms.ValidationError(
+                "A web address has no spaces or control characters; check what was pasted."
+            )
+        return url
 
     def add_service_error(self, error: DomainError) -> None:
         """A service's refusal, next to the field it concerns, in plain words."""

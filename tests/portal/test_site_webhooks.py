@@ -387,3 +387,10 @@ def test_webhook_pages_carry_no_inline_scripts(tenant: Tenant, receiver: Receive
         script_src = re.search(r"script-src ([^;]+)", answer["Content-Security-Policy"])
         assert script_src is not None and "unsafe-inline" not in script_src[1]
         assert "<script" not in answer.content.decode()
+
+
+def test_an_address_with_a_control_character_is_refused_as_the_api_does(tenant: Tenant) -> None:
+    member = member_of(tenant)
+    page = add(member, "https://example.com/a\x19b")
+    assert "no spaces or control characters" in field_error(page, "url")
+    assert not WebhookEndpoint.objects.exists()
