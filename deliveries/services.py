@@ -25,6 +25,7 @@ from django.utils import timezone
 from airspace.routing import NoRoute
 from deliveries.lifecycle import (
     BEFORE_PICKUP,
+    FINISHED,
     StaleDelivery,
     delivery_move,
 )
@@ -329,9 +330,6 @@ def delivery_create(
     telemetry.annotate(delivery_id=delivery.id, business_id=business_id)
     metrics.DELIVERY_STAGE_CHANGES.inc(stage=Status.REQUESTED)
     return delivery
-
-
-FINISHED = (Status.DELIVERED, Status.CANCELLED, Status.FAILED)
 
 
 def deliveries_limit_check(*, business_id: UUID, customer_id: int | None, ahead: bool) -> None:

@@ -25,6 +25,7 @@ from shapely.geometry import box, shape
 
 from airspace.selectors import zones_active
 from deliveries import live, selectors
+from deliveries.lifecycle import BEFORE_PICKUP, FINISHED
 from deliveries.models import Delivery
 from deliveries.reasons import customer_reason
 from portal.errors import NotFound
@@ -40,8 +41,8 @@ STAGE_LABELS: dict[str, str] = {
     Delivery.Status.CANCELLED: "Cancelled",
     Delivery.Status.FAILED: "Failed",
 }
-FINISHED = {Delivery.Status.DELIVERED, Delivery.Status.CANCELLED, Delivery.Status.FAILED}
-BEFORE_PICKUP = {
+# Stages with the pickup still ahead (its ETA is worth showing).
+PICKUP_AHEAD = {
     Delivery.Status.REQUESTED,
     Delivery.Status.ASSIGNED,
     Delivery.Status.EN_ROUTE_TO_PICKUP,
@@ -140,7 +141,7 @@ def _metres(a: tuple[float, float], b: tuple[float, float]) -> float:
 def position_words(delivery: Delivery, status: str, location: dict[str, Any]) -> str:
     """Where the drone is, for people (and for the map's text alternative): how far from its
     next stop, how high, how fast, then the coordinates. track.js writes the same."""
-    before_pickup = status in BEFORE_PICKUP or status == Delivery.Status.AT_PICKUP
+    before_pickup = status in BEFORE_PICKUP
     name, stop = (
         ("the pickup", (delivery.pickup_lat, delivery.pickup_lon))
         if before_pickup
@@ -208,7 +209,7 @@ def track(request: HttpRequest, token: str) -> HttpResponse:
         "finished": finished,
         "stage": STAGE_LABELS.get(current, current),
         # The pickup's ETA until the package is on board, the dropoff's until the end.
-        "pickup_eta": _moment(status.get("pickup_eta")) if current in BEFORE_PICKUP else None,
+        "pickup_eta": _moment(status.get("pickup_eta")) if current in PICKUP_AHEAD else None,
         "dropoff_eta": None if finished else _moment(status.get("dropoff_eta")),
         "location": location,
         "position": position_words(delivery, current, location) if location else "",

@@ -27,6 +27,7 @@ from businesses.models import BusinessAPIKey
 from businesses.services import api_key_create, api_key_revoke
 from deliveries import live
 from deliveries import services as delivery_services
+from deliveries.lifecycle import BEFORE_PICKUP, FINISHED
 from deliveries.models import Delivery
 from deliveries.reasons import customer_reason
 from deliveries.views import STAGE_LABELS
@@ -36,11 +37,6 @@ from portal.forms import ApiKeyForm, ScheduleForm, SignUpForm
 from portal.places import KNOWN_PLACES
 
 PAGE_SIZE = 20
-BEFORE_PICKUP = {
-    Delivery.Status.REQUESTED,
-    Delivery.Status.ASSIGNED,
-    Delivery.Status.EN_ROUTE_TO_PICKUP,
-}
 
 
 @require_GET
@@ -104,9 +100,6 @@ def deliveries_list(request: HttpRequest) -> HttpResponse:
         "stages": [(value, STAGE_LABELS.get(value, value)) for value in Delivery.Status.values],
     }
     return render(request, "portal/deliveries.html", context)
-
-
-FINISHED = {Delivery.Status.DELIVERED, Delivery.Status.CANCELLED, Delivery.Status.FAILED}
 
 
 def _delivery_or_404(request: HttpRequest, delivery_id: str) -> Delivery:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from portal.localservices import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -84,3 +90,50 @@ def broker_for_this_process(url: str) -> Iterator[None]:
     finally:
         app.conf.broker_write_url = previous  # type: ignore[misc]
         reset()
+
+
+def procfile_command(kind: str, **variables: str) -> list[str]:
+    """The Procfile's command line for `kind`, ${VAR:-default} filled in, venv tools first."""
+    for line in (BASE_DIR / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == kind:
+            filled = re.sub(
+                r"\$\{(\w+)(?::-([^}]*))?\}",
+                lambda m: variables.get(m.group(1), m.group(2) or ""),
+                command,
+            )
+            argv = shlex.split(filled)
+            tool = Path(sys.executable).with_name(argv[0])
+            return [str(tool) if tool.exists() else argv[0], *argv[1:]]
+    raise AssertionError(f"no {kind!r} line in the Procfile")
+
+
+@dataclass
+class LiveProcess:
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@contextmanager
+def live_process_running(env: dict[str, str], log: Path) -> Iterator[LiveProcess]:
+    """The Procfile's `live` process (uvicorn) on a free port, answering, stopped at the end."""
+    port = free_port()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            procfile_command("live", LIVE_PORT=str(port)), cwd=BASE_DIR, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    server = LiveProcess(port, process, log)
+    try:
+        wait_for(
+            lambda: urllib.request.urlopen(server.url("/healthz/live"), timeout=2).status == 200,  # noqa: S310
+            timeout=30,
+            what=f"the live process answering (log: {log})",
+        )
+        yield server
+    finally:
+        stop_process_group(process)

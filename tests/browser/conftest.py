@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +25,9 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, sync_playwright
 
-from portal.localservices import free_port
 from tests.browser_check import chromium_path
 from tests.conftest import database_url
-from tests.deliveries.test_stream import LiveProcess, procfile_command
-from tests.support import BASE_DIR, stop_process_group, wait_for
+from tests.support import BASE_DIR, LiveProcess, live_process_running
 
 SCREENSHOTS = BASE_DIR / ".local" / "screenshots"
 DESKTOP = {"width": 1366, "height": 900}
@@ -65,29 +61,14 @@ def live_feed(
     live_server: Any, django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveProcess]:
     """The Procfile's `live` process on the test database, allowing the live server's pages."""
-    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
         "PYTHONUNBUFFERED": "1",
         "LIVE_ALLOW_ORIGIN": live_server.url,
     }
-    log = tmp_path_factory.mktemp("live") / "uvicorn.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            procfile_command("live", LIVE_PORT=str(port)), cwd=BASE_DIR, env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    server = LiveProcess(port, process, log)
-    try:
-        wait_for(
-            lambda: urllib.request.urlopen(server.url("/healthz/live"), timeout=2).status == 200,  # noqa: S310
-            timeout=30,
-            what=f"the live process answering (log: {log})",
-        )
+    with live_process_running(env, tmp_path_factory.mktemp("live") / "uvicorn.log") as server:
         yield server
-    finally:
-        stop_process_group(process)
 
 
 @dataclass

@@ -7,14 +7,9 @@ import http.client
 import json
 import os
 import re
-import shlex
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +23,8 @@ from django.utils import timezone
 from businesses.models import Business
 from deliveries import live
 from deliveries.models import Delivery
-from portal.localservices import free_port
 from tests.conftest import Tenant, database_url
-from tests.support import BASE_DIR, stop_process_group, wait_for
-
-
-def procfile_command(kind: str, **variables: str) -> list[str]:
-    """The Procfile's command line for `kind`, ${VAR:-default} filled in, venv tools first."""
-    for line in (BASE_DIR / "Procfile").read_text().splitlines():
-        name, _, command = line.partition(":")
-        if name.strip() == kind:
-            filled = re.sub(
-                r"\$\{(\w+)(?::-([^}]*))?\}",
-                lambda m: variables.get(m.group(1), m.group(2) or ""),
-                command,
-            )
-            argv = shlex.split(filled)
-            tool = Path(sys.executable).with_name(argv[0])
-            return [str(tool) if tool.exists() else argv[0], *argv[1:]]
-    raise AssertionError(f"no {kind!r} line in the Procfile")
-
-
-@dataclass
-class LiveProcess:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+from tests.support import BASE_DIR, LiveProcess, live_process_running, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +32,9 @@ def live_process(
     django_db_setup: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveProcess]:
     """The Procfile's `live` process on this session's Redis and test database."""
-    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1"}
-    log = tmp_path_factory.mktemp("live") / "uvicorn.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            procfile_command("live", LIVE_PORT=str(port)), cwd=BASE_DIR, env=env,
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    server = LiveProcess(port, process, log)
-    try:
-        wait_for(
-            lambda: urllib.request.urlopen(server.url("/healthz/live"), timeout=2).status == 200,  # noqa: S310
-            timeout=30,
-            what=f"the live process answering (log: {log})",
-        )
+    with live_process_running(env, tmp_path_factory.mktemp("live") / "uvicorn.log") as server:
         yield server
-    finally:
-        stop_process_group(process)
 
 
 @pytest.fixture
