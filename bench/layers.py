@@ -25,6 +25,11 @@ REQUEST_LAYERS = [
         "deliveries/services.py",
         "delivery_request_check",
     ),
+    (
+        "  of which the limits (deliveries held)",
+        "deliveries/services.py",
+        "deliveries_limit_check",
+    ),
     ("  of which preparing the rows", "portal/db.py", "prepare_insert"),
     ("  of which the inserts (delivery, event)", "portal/db.py", "execute"),
     ("  of which publish after commit", "deliveries/services.py", "outbox_publish"),

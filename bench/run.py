@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import random
@@ -809,6 +810,11 @@ def layer_split(args: argparse.Namespace, key: str, business_id: Any) -> None:
 
     count = 200
     print(f"\n== where the time goes, in this process ({machine_load()})", flush=True)
+    # The log lines are still formatted and written, as in gunicorn, but not onto this report.
+    devnull = open(os.devnull, "w")  # noqa: SIM115 (closed with the process)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(devnull)
     # The web processes serve no static files either; the API does not need them collected.
     warnings.filterwarnings("ignore", "No directory at")
     client = Client(HTTP_AUTHORIZATION=f"Api-Key {key}", HTTP_HOST="127.0.0.1")

@@ -132,6 +132,20 @@ class Delivery(models.Model):
                 condition=models.Q(book_at__isnull=False),
                 name="delivery_to_book",
             ),
+            # The per-business limits count only these rows (deliveries_limit_check): under
+            # way, and booked ahead. However many finished deliveries a business has, the count
+            # reads at most the limit's number of index entries.
+            models.Index(
+                fields=["business"],
+                condition=~models.Q(status__in=["delivered", "cancelled", "failed"])
+                & models.Q(book_at__isnull=True),
+                name="delivery_business_held",
+            ),
+            models.Index(
+                fields=["business"],
+                condition=models.Q(status="requested", book_at__isnull=False),
+                name="delivery_business_ahead",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -6,6 +6,7 @@ and a cancelling business, or a redelivered message can never both win.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -39,7 +40,7 @@ from drones.routes import LegRouter, Router, route_json, router_for
 from drones.selectors import delivery_impossible_reason, drone_plan_best
 from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
 from portal import metrics, telemetry
-from portal.db import execute, prepare_insert
+from portal.db import execute_together, prepare_insert
 from portal.errors import Conflict, LimitReached, NotFound, Unprocessable
 
 logger = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def delivery_create(
 
     If the broker is down the message goes to the outbox and the relay publishes it later (see
     `_workflow_enqueue`). A request that cannot be stored raises: it is never acknowledged. The
-    rows are prepared before the transaction, which holds only their two INSERTs.
+    rows are prepared first and written in one statement (portal.db.execute_together).
     """
     now = timezone.now()
     route = delivery_request_check(
@@ -323,10 +324,10 @@ def delivery_create(
     rows = prepare_insert(
         delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
     )
-    with transaction.atomic():
-        execute(rows)
-        if delivery.book_at is None:
-            _workflow_enqueue(delivery_id=delivery.id)
+    execute_together(rows)
+    if delivery.book_at is None:
+        # Published as soon as the rows are committed: now, or with the caller's transaction.
+        _workflow_enqueue(delivery_id=delivery.id)
     telemetry.annotate(delivery_id=delivery.id, business_id=business_id)
     metrics.DELIVERY_STAGE_CHANGES.inc(stage=Status.REQUESTED)
     return delivery
@@ -339,24 +340,43 @@ def deliveries_limit_check(*, business_id: UUID, customer_id: int | None, ahead:
     customer of the site) counts against that customer's CUSTOMER_MAX_* instead.
 
     A count, not a lock: two requests at once may both pass at the limit, which lets a business
-    exceed it by its concurrency at most."""
+    exceed it by its concurrency at most. It is on every request's path, so its SQL is written
+    once per process (building it with the ORM each time cost more than running it) and reads
+    the partial indexes `delivery_business_held`/`_ahead`: at most `limit` entries, however
+    many finished deliveries the business has."""
     who = "customer" if customer_id is not None else "business"
     limit = getattr(settings, f"{who.upper()}_MAX_{'SCHEDULED' if ahead else 'ACTIVE'}_DELIVERIES")
     if limit <= 0:
         return
-    held = Delivery.objects.filter(
-        Q(customer_id=customer_id) if customer_id is not None else Q(business_id=business_id)
-    )
-    if ahead:
-        held = held.filter(status=Status.REQUESTED, book_at__isnull=False)
-    else:
-        held = held.exclude(status__in=FINISHED).filter(book_at__isnull=True)
-    if held.values("pk")[:limit].count() >= limit:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _held_sql(who, ahead=ahead),
+            [customer_id if customer_id is not None else business_id, limit],
+        )
+        (held,) = cursor.fetchone()
+    if held >= limit:
         what = "booked ahead" if ahead else "under way"
         raise LimitReached(
             f"this {who} already has {limit} deliveries {what}, the most allowed; "
             "retry when some have finished",
         )
+
+
+@functools.cache
+def _held_sql(who: str, *, ahead: bool) -> str:
+    """Count (up to a limit) the deliveries a business or customer holds: under way, or
+    booked ahead. The statuses are written in, not bound, so that the database matches the
+    statement to the partial indexes that carry the same conditions."""
+    quote = connection.ops.quote_name
+    column = Delivery._meta.get_field(who).column
+    if ahead:
+        held = f"{quote('status')} = '{Status.REQUESTED}' AND {quote('book_at')} IS NOT NULL"
+    else:
+        finished = ", ".join(f"'{status}'" for status in sorted(FINISHED))
+        held = f"{quote('status')} NOT IN ({finished}) AND {quote('book_at')} IS NULL"
+    table = quote(Delivery._meta.db_table)
+    # Names and statuses are the model's own; the business or customer and the limit are bound.
+    return f"SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE {quote(column)} = %s AND {held} LIMIT %s) held"  # noqa: S608, E501
 
 
 def booking_time(pickup_time: datetime | None, *, now: datetime) -> datetime | None:

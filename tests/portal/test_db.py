@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
-from django.db import connection
+import pytest
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -62,3 +64,31 @@ def test_rows_of_an_auto_increment_model_take_one_insert_each_and_read_back(
         ("requested", ""),
         ("assigned", "drone x"),
     ]
+
+
+def test_rows_written_together_are_one_statement_on_postgresql_and_stored_together(
+    tenant: Tenant,
+) -> None:
+    parent = delivery(tenant)
+    rows = db.prepare_insert(
+        parent, DeliveryEvent(delivery=parent, status="requested", at=timezone.now())
+    )
+    with CaptureQueriesContext(connection) as queries:
+        db.execute_together(rows)
+    statements = [q["sql"] for q in queries]
+    if connection.vendor == "postgresql":
+        # No BEGIN and COMMIT around it: one round trip, atomic on its own.
+        assert len(statements) == 1 and statements[0].startswith('WITH w0 AS (INSERT INTO "')
+    assert Delivery.objects.filter(pk=parent.pk).exists()
+    assert list(parent.events.values_list("status", flat=True)) == ["requested"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_written_together_are_all_or_none(tenant: Tenant) -> None:
+    """The event's row names a delivery that does not exist: the delivery written with it in
+    the same call is not stored either, outside any transaction of the caller's."""
+    parent = delivery(tenant)
+    broken = DeliveryEvent(delivery_id=uuid.uuid4(), status="requested", at=timezone.now())
+    with pytest.raises(DatabaseError):
+        db.execute_together(db.prepare_insert(parent, broken))
+    assert not Delivery.objects.filter(pk=parent.pk).exists()
