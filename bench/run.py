@@ -76,6 +76,8 @@ TARGET_TELEMETRY_PER_S = 2000.0
 TARGET_ZONES_RATIO = 0.90
 BENCH_ZONES = 500
 TELEMETRY_BATCH = 100
+# Ingestion's API clients: businesses calling at once (bench.run.ingestion).
+INGESTION_CLIENTS = 100
 
 
 class Stop(Exception):
@@ -375,22 +377,35 @@ def describe(result: load.Result) -> str:
 
 
 def ingestion(
-    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], key: str
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], keys: list[str]
 ) -> Ingestion:
+    """`keys`: the API clients calling at once, each a business of its own, as in production
+    (each business then holds a share of the deliveries the limits count, not all of them)."""
     port = free_port()
-    headers = {
-        "Content-Type": "application/json",
-        "Authorization": f"Api-Key {key}",
-        "Accept": "application/json",
-    }
+
+    def headers(i: int) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "Authorization": f"Api-Key {keys[i % len(keys)]}",
+            "Accept": "application/json",
+        }
+
     bodies = [json.dumps(b).encode() for b in delivery_bodies(500, seed=args.seed)]
     real = load.Target(
         "real",
         port,
-        [load.build_request("POST", "/api/v1/deliveries", body, headers) for body in bodies],
+        [
+            load.build_request("POST", "/api/v1/deliveries", body, headers(i))
+            for i, body in enumerate(bodies)
+        ],
     )
     bare = load.Target(
-        "bare", port, [load.build_request("POST", "/bench/bare", body, headers) for body in bodies]
+        "bare",
+        port,
+        [
+            load.build_request("POST", "/bench/bare", body, headers(i))
+            for i, body in enumerate(bodies)
+        ],
     )
     argv = procfile_command("web", WEB_PORT=str(port))
     web_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.settings"}
@@ -1062,6 +1077,10 @@ def main() -> int:
                 api, key = business_create(name="Bench API client")
                 e2e_business, _ = business_create(name="Bench end to end")
                 made.business_ids += [api.pk, e2e_business.pk]
+                clients = [
+                    business_create(name=f"Bench client {i}") for i in range(INGESTION_CLIENTS)
+                ]
+                made.business_ids += [client.pk for client, _ in clients]
                 fleet = fleet_seed(
                     count=args.deliveries + max(500, args.deliveries // 2),
                     center=Point(*CENTER),
@@ -1079,7 +1098,7 @@ def main() -> int:
                     with connection.cursor() as cursor:
                         cursor.execute("ANALYZE")
                 if "ingestion" not in skip:
-                    ingest = ingestion(args, env, urls, key)
+                    ingest = ingestion(args, env, urls, [k for _, k in clients])
                 if "e2e" not in skip:
                     e2e = end_to_end(args, env, urls, e2e_business.pk)
                 if "telemetry" not in skip:

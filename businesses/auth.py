@@ -123,11 +123,12 @@ class ApiKeyAuthentication(BaseAuthentication):
         pipeline = redis.pipeline(transaction=False)
         pipeline.get(failures.key)
         pipeline.get(api_key_cache_key(prefix))
+        # The window's counter is made with its expiry by the window's first request (a key
+        # per window, so set once), in the same round trip rather than a second one after.
+        pipeline.set(counter, 0, ex=duration + 1, nx=True)
         pipeline.incr(counter)
-        failed, stored, count = pipeline.execute()
+        failed, stored, _, count = pipeline.execute()
         auth_failures_check(failures, failed)
-        if count == 1:  # the window's first request; a key per window, so set once
-            redis.expire(counter, duration + 1)
         if stored is None:
             cached = self._load(prefix)
             redis.set(api_key_cache_key(prefix), json.dumps(cached), ex=KEY_CACHE_SECONDS)

@@ -93,6 +93,19 @@ def test_the_rate_limit_is_per_key(tenant: Tenant, other_tenant: Tenant) -> None
         assert other_tenant.client.get(DELIVERIES).status_code == 200
 
 
+def test_the_rate_windows_counter_expires_with_its_window(tenant: Tenant) -> None:
+    from django_redis import get_redis_connection
+
+    redis = get_redis_connection("default")
+    with override_settings(API_RATE_LIMIT="5/minute"):
+        before = set(redis.scan_iter("throttle:*"))
+        for _ in range(2):
+            assert tenant.client.get(DELIVERIES).status_code == 200
+        (counter,) = set(redis.scan_iter("throttle:*")) - before
+    assert int(redis.get(counter)) == 2
+    assert 0 < redis.ttl(counter) <= 61
+
+
 def test_wrong_secrets_under_a_keys_prefix_do_not_use_up_its_limit(tenant: Tenant) -> None:
     prefix = tenant.key.split(".")[0]
     with override_settings(API_RATE_LIMIT="2/minute"):
