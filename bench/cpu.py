@@ -85,3 +85,21 @@ def describe(spent: dict[str, float], *, wall: float, per: int, unit: str) -> st
         f"CPU ms per {unit}: " + ", ".join(parts) + f"; idle {100 * idle / capacity:.0f} % of "
         f"{os.cpu_count()} CPUs over {wall:.1f} s"
     )
+
+
+def resident_mib(root: int) -> list[tuple[str, float]]:
+    """(command, resident MiB) of `root` and every process descending from it."""
+    snap = snapshot()
+    found = []
+    for pid, command in snap.command.items():
+        if not descends_from(snap, pid, root):
+            continue
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kib = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+        )
+        found.append((command, kib / 1024))
+    return found

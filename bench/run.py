@@ -68,10 +68,17 @@ CENTER = (59.9139, 10.7522)  # Oslo
 FLEET_RADIUS_KM = 6.0
 TRIP_RADIUS_KM = 4.0
 
+# The targets on the embedded default (SQLite), and on PostgreSQL, where production runs
+# (issue 14): set by `targets_for` once the database is known.
 TARGET_RATIO = 0.35
 TARGET_P99_MS = 50.0
 TARGET_ASSIGNED_PER_S = 150.0
+POSTGRESQL_TARGETS = {"TARGET_RATIO": 0.40, "TARGET_P99_MS": 25.0, "TARGET_ASSIGNED_PER_S": 200.0}
 TARGET_CHOICE_P99_MS = 10.0
+CHOICE_FLEETS = (10_000, 100_000)
+# Resident memory of a web or worker pod's processes after the bench: within the Helm chart's
+# limit (deploy/helm/drone-delivery/values.yaml) with this share to spare.
+MEMORY_SPARE = 0.30
 TARGET_TELEMETRY_PER_S = 2000.0
 TARGET_ZONES_RATIO = 0.90
 BENCH_ZONES = 500
@@ -89,6 +96,25 @@ def on_sigterm(_signum: int, _frame: object) -> None:
 
 
 # --- processes --------------------------------------------------------------------------------
+
+
+def targets_for(vendor: str) -> None:
+    """PostgreSQL's targets when the bench runs on it."""
+    if vendor.startswith("postgresql"):
+        globals().update(POSTGRESQL_TARGETS)
+
+
+def chart_memory_limit_mib(component: str) -> float:
+    """The memory limit of `component` (web, worker) in the chart's default values."""
+    import yaml
+
+    values = yaml.safe_load(
+        (BASE_DIR / "deploy" / "helm" / "drone-delivery" / "values.yaml").read_text()
+    )
+    limit = str(values[component]["resources"]["limits"]["memory"])
+    number = float(re.sub(r"[A-Za-z]+$", "", limit))
+    unit = limit[len(limit.rstrip("KMGikmg")) :]
+    return number * {"Mi": 1, "Gi": 1024, "Ki": 1 / 1024, "M": 0.954, "G": 976.6}[unit]
 
 
 def procfile_command(kind: str, **variables: str) -> list[str]:
@@ -343,6 +369,8 @@ class Ingestion:
     latency: load.Result
     rate: float
     cpu_ratio: float
+    memory: list[tuple[str, float]]
+    ceiling: float | None = None
 
     @property
     def bare_peak(self) -> float:
@@ -455,8 +483,10 @@ def ingestion(
             ),
             flush=True,
         )
+        memory = cpu.resident_mib(web.pid)
+        print(f"   {describe_memory('web', memory)}", flush=True)
     cpu_ratio = own["bare"] / own["real"] if own["real"] else 0.0
-    measured = Ingestion(bare_runs, real_runs, latency, rate, cpu_ratio)
+    measured = Ingestion(bare_runs, real_runs, latency, rate, cpu_ratio, memory)
     rounds = ", ".join(f"{r:.3f}" for r in measured.round_ratios)
     print(f"   real / bare, round by round: {rounds}; median {measured.ratio:.3f}", flush=True)
     print(
@@ -466,6 +496,68 @@ def ingestion(
         flush=True,
     )
     return measured
+
+
+def database_ceiling(env: dict[str, str], business_id: Any, seconds: float) -> float | None:
+    """Requests per second the database itself sustains for ingestion's statements (the
+    limits' count, then the delivery and its event in one statement), replayed with prepared
+    rows from two connections, one per gunicorn worker: what the rate can be read against.
+    PostgreSQL only (SQLite's single writer is not a server to measure)."""
+    import threading
+    from decimal import Decimal
+
+    import psycopg
+    from django.db import connection
+
+    from deliveries.models import Delivery, DeliveryEvent
+    from deliveries.services import _held_sql
+    from portal.db import one_statement, prepare_insert
+
+    if connection.vendor != "postgresql":
+        return None
+    from django.utils import timezone
+
+    now = timezone.now()
+    rows = []
+    for i in range(4000):
+        delivery = Delivery(
+            business_id=business_id, pickup_lat=CENTER[0], pickup_lon=CENTER[1],
+            dropoff_lat=CENTER[0] + 0.01, dropoff_lon=CENTER[1], package_size="small",
+            package_weight_kg=1.0, recipient_name=f"Ceiling {i}", price_amount=Decimal("5.00"),
+            price_currency="USD", route={}, book_at=None,
+        )  # fmt: skip
+        event = DeliveryEvent(delivery=delivery, status="requested", at=now)
+        rows.append(one_statement(prepare_insert(delivery, event)))
+    count_sql = _held_sql("business", ahead=False)
+    done = [0, 0]
+    stop = time.monotonic() + seconds
+
+    def replay(which: int) -> None:
+        with psycopg.connect(
+            env["DATABASE_URL"].replace("postgres://", "postgresql://", 1),
+            autocommit=True,
+            cursor_factory=psycopg.ClientCursor,
+        ) as conn:
+            for sql, params in rows[which::2]:
+                if time.monotonic() > stop:
+                    return
+                conn.execute(count_sql, [business_id, 10_000_000])
+                conn.execute(sql, params)
+                done[which] += 1
+
+    threads = [threading.Thread(target=replay, args=(n,)) for n in range(2)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = sum(done) / (time.monotonic() - began)
+    print(
+        f"   the database's ceiling for ingestion's statements (the count, the one INSERT), "
+        f"replayed from 2 connections: {rate:.0f} requests/s",
+        flush=True,
+    )
+    return rate
 
 
 # --- 2. end to end ----------------------------------------------------------------------------
@@ -479,6 +571,14 @@ class EndToEnd:
     first_to_last_s: float
     start_to_last_s: float
     queued: int
+    memory: list[tuple[str, float]]
+    # Deliveries with more than one `assigned` event; drones holding two deliveries at once.
+    assigned_twice: int = 0
+    drones_twice: int = 0
+
+    @property
+    def once(self) -> bool:
+        return self.assigned_twice == 0 and self.drones_twice == 0
 
     @property
     def rate(self) -> float:
@@ -546,6 +646,8 @@ def end_to_end(
                 break
             time.sleep(0.2)
         after = cpu.snapshot()
+        memory = cpu.resident_mib(worker.pid)
+    print(f"   {describe_memory('worker', memory)}", flush=True)
     by_status = dict(mine.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     span = DeliveryEvent.objects.filter(
         delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
@@ -555,7 +657,33 @@ def end_to_end(
     if span["first"] and span["last"]:
         first_to_last = (span["last"] - span["first"]).total_seconds()
         start_to_last = span["last"].timestamp() - started_at
-    result = EndToEnd(args.deliveries, assigned, by_status, first_to_last, start_to_last, queued)
+    # Nothing lost to speed: each delivery assigned once, no drone holding two of them.
+    assigned_twice = (
+        DeliveryEvent.objects.filter(
+            delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
+        )
+        .values("delivery_id")
+        .annotate(n=Count("pk"))
+        .filter(n__gt=1)
+        .count()
+    )
+    drones_twice = (
+        mine.exclude(drone__isnull=True)
+        .exclude(status__in=["delivered", "cancelled", "failed"])
+        .values("drone_id")
+        .annotate(n=Count("pk"))
+        .filter(n__gt=1)
+        .count()
+    )
+    print(
+        f"   exactly once: {assigned_twice} deliveries assigned more than once, "
+        f"{drones_twice} drones holding more than one delivery",
+        flush=True,
+    )
+    result = EndToEnd(
+        args.deliveries, assigned, by_status, first_to_last, start_to_last, queued, memory,
+        assigned_twice, drones_twice,
+    )  # fmt: skip
     print(
         f"   {assigned} of {args.deliveries} assigned{'; ' + str(by_status) if by_status else ''}: "
         f"first to last assignment {first_to_last:.2f} s = {result.rate:.0f}/s; "
@@ -870,11 +998,11 @@ class DroneChoice:
     returncode: int
 
 
-def drone_choice(environ: dict[str, str]) -> DroneChoice:
-    command = [sys.executable, str(BASE_DIR / "bench" / "drone_choice.py"), "--drones", "10000"]
+def drone_choice(environ: dict[str, str], drones: int) -> DroneChoice:
+    command = [sys.executable, str(BASE_DIR / "bench" / "drone_choice.py"), "--drones", str(drones)]
     print(f"\n== 3. drone choice ({machine_load()}): {shlex.join(command[1:])}", flush=True)
     completed = subprocess.run(
-        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=240
+        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=900
     )
     output = completed.stdout + completed.stderr
     print("   " + output.strip().replace("\n", "\n   "), flush=True)
@@ -935,6 +1063,26 @@ def sub_bench(number: int, title: str, command: list[str], environ: dict[str, st
 # --- the summary ------------------------------------------------------------------------------
 
 
+def describe_memory(component: str, memory: list[tuple[str, float]]) -> str:
+    each = ", ".join(f"{mib:.0f}" for _, mib in sorted(memory, key=lambda m: -m[1]))
+    return (
+        f"resident memory of the {component} processes: {sum(m for _, m in memory):.0f} MiB "
+        f"({each} MiB); the chart's limit per pod {chart_memory_limit_mib(component):.0f} MiB"
+    )
+
+
+def memory_row(component: str, memory: list[tuple[str, float]]) -> tuple[str, str, str, str]:
+    """A pod runs what the Procfile's line starts (the master and its worker processes)."""
+    total = sum(mib for _, mib in memory)
+    allowed = chart_memory_limit_mib(component) * (1 - MEMORY_SPARE)
+    return (
+        f"{component} pod resident memory ({len(memory)} processes)",
+        f"{total:.0f} MiB",
+        f"<= {allowed:.0f} MiB",
+        verdict(bool(memory) and total <= allowed),
+    )
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
@@ -943,7 +1091,7 @@ def summary(
     vendor: str,
     ingest: Ingestion | None,
     e2e: EndToEnd | None,
-    choice: DroneChoice | None,
+    choices: list[tuple[int, DroneChoice]],
     tele: Telemetry | None = None,
     subs: list[Sub] | None = None,
     zones: ZonesEffect | None = None,
@@ -964,21 +1112,28 @@ def summary(
              f">= {TARGET_RATIO}",
              verdict(ratio >= TARGET_RATIO and clean)),
             ("  CPU-cost ratio (bare / real)", f"{ingest.cpu_ratio:.2f}", "", ""),
+            ("  the database's ceiling for its statements",
+             f"{ingest.ceiling:.0f}/s" if ingest.ceiling else "n/a", "", ""),
             (f"p50 at {ingest.rate:.0f} req/s (open loop)",
              f"{ingest.latency.percentile_ms(50):.1f} ms", "", ""),
             (f"p99 at {ingest.rate:.0f} req/s (open loop)", f"{p99:.1f} ms",
              f"<= {TARGET_P99_MS:g} ms", verdict(p99 <= TARGET_P99_MS and clean)),
+            memory_row("web", ingest.memory),
         ]  # fmt: skip
     if e2e:
         rows += [
             ("assigned/s, first to last", f"{e2e.rate:.0f}/s", f">= {TARGET_ASSIGNED_PER_S:g}/s",
              verdict(e2e.rate >= TARGET_ASSIGNED_PER_S and e2e.assigned == e2e.count)),
             ("assigned/s, from worker start", f"{e2e.rate_with_startup:.0f}/s", "", ""),
+            ("each assigned once, no drone holding two",
+             f"{e2e.assigned_twice} twice, {e2e.drones_twice} drones", "0 and 0",
+             verdict(e2e.once)),
+            memory_row("worker", e2e.memory),
         ]  # fmt: skip
-    if choice:
+    for drones, choice in choices:
         for name, value in (
-            ("drone_plan_best p99, 10k drones (worst pass)", choice.p99_ms),
-            ("drone_reserve+release p99 (worst pass)", choice.reserve_p99_ms),
+            (f"drone_plan_best p99, {drones // 1000}k drones (worst pass)", choice.p99_ms),
+            (f"drone_reserve+release p99, {drones // 1000}k drones", choice.reserve_p99_ms),
         ):
             rows.append(
                 (
@@ -1061,11 +1216,13 @@ def main() -> int:
 
     original = dict(os.environ)
     env = bench_environ(original)
-    ingest = e2e = choice = tele = zones = None
+    ingest = e2e = tele = zones = None
+    choices: list[tuple[int, DroneChoice]] = []
     subs: list[Sub] = []
     vendor = "?"
     try:
         with django_for_bench(env) as (urls, vendor):
+            targets_for(vendor)
             from django.db import connection
 
             from businesses.services import business_create
@@ -1099,6 +1256,7 @@ def main() -> int:
                         cursor.execute("ANALYZE")
                 if "ingestion" not in skip:
                     ingest = ingestion(args, env, urls, [k for _, k in clients])
+                    ingest.ceiling = database_ceiling(env, clients[0][0].pk, args.seconds)
                 if "e2e" not in skip:
                     e2e = end_to_end(args, env, urls, e2e_business.pk)
                 if "telemetry" not in skip:
@@ -1112,7 +1270,7 @@ def main() -> int:
                     cleanup(made)
                 connection.close()
         if "choice" not in skip:
-            choice = drone_choice(original)
+            choices = [(drones, drone_choice(original, drones)) for drones in CHOICE_FLEETS]
         python = sys.executable
         if "simulator" not in skip:
             command = [python, str(BASE_DIR / "bench" / "simulator.py"), "--drones", "1000"]
@@ -1135,7 +1293,7 @@ def main() -> int:
     finally:
         for leftover in WORK_DIR.glob(SQLITE_FILE.name + "*"):
             leftover.unlink()
-    summary(vendor, ingest, e2e, choice, tele, subs, zones)
+    summary(vendor, ingest, e2e, choices, tele, subs, zones)
     return 0
 
 

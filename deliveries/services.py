@@ -368,7 +368,7 @@ def _held_sql(who: str, *, ahead: bool) -> str:
     booked ahead. The statuses are written in, not bound, so that the database matches the
     statement to the partial indexes that carry the same conditions."""
     quote = connection.ops.quote_name
-    column = Delivery._meta.get_field(who).column
+    column = f"{who}_id"  # the foreign key's column
     if ahead:
         held = f"{quote('status')} = '{Status.REQUESTED}' AND {quote('book_at')} IS NOT NULL"
     else:

@@ -70,11 +70,16 @@ def execute_together(statements: list[Statement], *, using: str = "default") -> 
         with transaction.atomic(using=using):
             execute(statements, using=using)
         return
+    with connection.cursor() as cursor:
+        cursor.execute(*one_statement(statements))
+
+
+def one_statement(statements: list[Statement]) -> Statement:
+    """PostgreSQL: `statements` as one, every INSERT but the last in a WITH clause."""
     *first, (last_sql, last_params) = statements
     clauses = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(first))
     params = [value for _, values in first for value in values] + last_params
-    with connection.cursor() as cursor:
-        cursor.execute(f"WITH {clauses} {last_sql}", params)
+    return f"WITH {clauses} {last_sql}", params
 
 
 def insert(*instances: Model, using: str = "default") -> None:

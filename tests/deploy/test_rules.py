@@ -200,11 +200,11 @@ def test_every_container_has_requests_limits_and_the_restricted_security_context
 
 def test_the_seed_resources_are_the_web_and_worker_defaults(objs: list[dict[str, Any]]) -> None:
     deployments = by_component(objs, "Deployment")
-    for name in ("web", "worker"):
+    for name, memory in (("web", ("350Mi", "500Mi")), ("worker", ("450Mi", "640Mi"))):
         resources = deployments[name]["spec"]["template"]["spec"]["containers"][0]["resources"]
         assert resources == {
-            "requests": {"cpu": "100m", "memory": "350Mi"},
-            "limits": {"cpu": "200m", "memory": "500Mi"},
+            "requests": {"cpu": "100m", "memory": memory[0]},
+            "limits": {"cpu": "200m", "memory": memory[1]},
         }
 
 
