@@ -13,6 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from celery import Task, shared_task
+from django.conf import settings
 
 from deliveries import services
 from deliveries.models import Delivery
@@ -38,7 +39,11 @@ def ping() -> str:
 
 @shared_task(bind=True, name=services.WORKFLOW_TASK)
 def delivery_process(
-    self: Task, delivery_id: str, attempt: int = 0, not_before: float | None = None
+    self: Task,
+    delivery_id: str,
+    attempt: int = 0,
+    not_before: float | None = None,
+    unrecorded: int = 0,
 ) -> str:
     """The delivery workflow: package document, drone, live status (the customer's emails are
     recorded by the stage change, notifications).
@@ -51,10 +56,18 @@ def delivery_process(
     delivery, so that a duplicate message or the sweeper's never runs a second chain.
 
     `not_before`: a wait longer than BROKER_MAX_COUNTDOWN_SECONDS (under the Service Bus lock)
-    is taken in hops, each message publishing the next until then.
+    is taken in hops, each message publishing the next until then. `unrecorded`: how many
+    times in a row this attempt found the database out of reach, so that its retry could not
+    be recorded there (its backoff grows with it).
     """
     if not_before is not None and not_before - time.time() > 0.5:
-        _publish_next(delivery_id, attempt, not_before - time.time(), retries=self.request.retries)
+        _publish_next(
+            delivery_id,
+            attempt,
+            not_before - time.time(),
+            retries=self.request.retries,
+            unrecorded=unrecorded,
+        )
         return "waiting"
     if _delivered_too_often(self, delivery_id):
         return "failed"
@@ -72,11 +85,24 @@ def delivery_process(
             )
             return "failed"
         logger.warning("delivery %s: step failed, retrying: %s", delivery_id, detail)
-        outcome = services.delivery_retry_later(
-            delivery_id=UUID(delivery_id),
-            attempt=attempt,
-            reason=f"{services.UNAVAILABLE_REASON} ({detail})",
-        )
+        try:
+            outcome = services.delivery_retry_later(
+                delivery_id=UUID(delivery_id),
+                attempt=attempt,
+                reason=f"{services.UNAVAILABLE_REASON} ({detail})",
+            )
+        except Exception as again:
+            if not outages.database_unavailable(again):
+                raise
+            # The database itself is out of reach, so the next attempt cannot be recorded: the
+            # same attempt comes back through the broker after a backoff, instead of this
+            # message ending here and the delivery waiting minutes for the sweeper.
+            delay = min(
+                settings.DELIVERY_RETRY_MAX_SECONDS,
+                settings.DELIVERY_RETRY_BASE_SECONDS * 2 ** min(unrecorded, 12),
+            )
+            _publish_next(delivery_id, attempt, delay, retries=retries, unrecorded=unrecorded + 1)
+            return "retrying"
         if outcome.result != "wait":
             return outcome.result
         _publish_next(
@@ -85,19 +111,22 @@ def delivery_process(
         return "retrying"
 
 
-def _publish_next(delivery_id: str, attempt: int, delay: float, *, retries: int) -> None:
+def _publish_next(
+    delivery_id: str, attempt: int, delay: float, *, retries: int, unrecorded: int = 0
+) -> None:
     """The workflow's next message in `delay` seconds: a countdown of at most
     BROKER_MAX_COUNTDOWN_SECONDS, and `not_before` for the rest. Unpublished (the broker down),
     the delivery's next_attempt_at brings the sweeper to it."""
-    from django.conf import settings
-
+    kwargs: dict[str, Any] = {
+        "delivery_id": delivery_id,
+        "attempt": attempt,
+        "not_before": time.time() + delay,
+    }
+    if unrecorded:
+        kwargs["unrecorded"] = unrecorded
     try:
         delivery_process.apply_async(  # type: ignore[call-arg] # retries: Celery's own option
-            kwargs={
-                "delivery_id": delivery_id,
-                "attempt": attempt,
-                "not_before": time.time() + delay,
-            },
+            kwargs=kwargs,
             countdown=max(0.0, min(delay, settings.BROKER_MAX_COUNTDOWN_SECONDS)),
             retries=retries,
         )
@@ -112,7 +141,6 @@ def _delivered_too_often(task: Task, delivery_id: str) -> bool:
     times without finishing (its worker killed each time, a lock lost each time) fails its
     delivery for operators to see and retry, instead of going round for ever. Counted in Redis
     per message id (a redelivery keeps its id); without Redis, not counted."""
-    from django.conf import settings
     from django_redis import get_redis_connection
 
     message_id = task.request.id
