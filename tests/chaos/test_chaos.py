@@ -1,0 +1,701 @@
+"""The chaos test (issue 13): the whole system under a steady stream of delivery requests while
+its dependencies go away in turn.
+
+Production's processes as the Procfile starts them (gunicorn web, two Celery workers, beat, the
+fleet simulator) on PostgreSQL and RabbitMQ, with Redis and the MongoDB wire-protocol server of
+development, a real SMTP server and a business's webhook receiver. A thread posts delivery
+requests at a steady rate throughout. In turn the database, Redis, the broker, MongoDB and SMTP
+are out for CHAOS_OUTAGE_SECONDS each (30 with `make chaos`, 3 in `make test`) and come back;
+then a worker is SIGKILLed with its pool and a new one started, as Kubernetes would. The
+database goes first: what its outage strands (a webhook batch whose outcome could not be
+recorded) waits out its claim's 60-s lease while the others go on.
+
+An outage is a cut at a proxy (tests/chaos/proxy.py): PostgreSQL and RabbitMQ are shared with
+other sessions and with CI, so no service is ever stopped; every process reaches every
+dependency through a FaultProxy, which closes every open connection and refuses new ones for
+the outage. RabbitMQ serves the run in a virtual host of its own (rabbitmqctl); when it does not
+answer on 5672 or no vhost can be made, the run is on a Redis broker and says so. Without a
+PostgreSQL server the run is on SQLite and the database outage is left out, saying why: a cut
+needs a server.
+
+At the end, once every delivery is finished: every request answered 202 was delivered exactly
+once (one assignment, one `delivered`), no request refused was stored anyway, no drone held two
+deliveries at once (from the deliveries' events in the order the database wrote them), no email
+arrived twice at the SMTP server, no event reached the webhook receiver under two webhook-ids,
+nothing failed, every refusal was a 503 with Retry-After, and web answered no 500. It prints
+those counts and the web pod's probes during each outage; liveness stays 200 throughout and
+readiness stays 200 through the broker, MongoDB and SMTP outages (portal/health.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from aiosmtpd.controller import Controller
+
+from portal.localservices import free_port, mongo_server, redis_server
+from tests.chaos.proxy import FaultProxy
+from tests.support import BASE_DIR, PYTHON, procfile_command, stop_process_group, wait_for
+from tests.webhooks.conftest import Receiver
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
+OUTAGE_SECONDS = float(os.environ.get("CHAOS_OUTAGE_SECONDS") or 3)
+# Between two outages the system catches its breath, so that they come in turn.
+RECOVERY_SECONDS = float(os.environ.get("CHAOS_RECOVERY_SECONDS") or max(2.0, OUTAGE_SECONDS / 3))
+RATE = float(os.environ.get("CHAOS_RATE") or 2)  # delivery requests per second
+DRONES = int(os.environ.get("CHAOS_DRONES") or 40)
+SPEEDUP = 60  # the simulator flies this many times faster than real time
+# How long the end may take to settle (deliveries flown, emails and webhooks sent).
+SETTLE_SECONDS = float(os.environ.get("CHAOS_SETTLE_SECONDS") or 240)
+CENTER = (47.6062, -122.3321)
+PG_DEFAULT = "postgres://postgres@127.0.0.1:5432/postgres"
+RABBITMQ = ("127.0.0.1", 5672)
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with contextlib.closing(socket.create_connection((host, port), 2)):
+            return True
+    except OSError:
+        return False
+
+
+# --- the backing services ---------------------------------------------------------------------
+
+
+def postgres_server() -> tuple[str | None, str]:
+    """The PostgreSQL server to make the run's database on (DATABASE_URL's, else the local
+    one), or None and why not."""
+    import psycopg
+
+    configured = os.environ.get("DATABASE_URL", "")
+    url = configured if configured.startswith("postgres") else PG_DEFAULT
+    parts = urlsplit(url)
+    admin = parts._replace(path="/postgres").geturl()
+    try:
+        psycopg.connect(admin, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        where = f"{parts.hostname}:{parts.port or 5432}"
+        return None, f"no PostgreSQL server answers at {where} ({exc})"
+    return admin, ""
+
+
+@contextlib.contextmanager
+def postgres_database(admin: str) -> Iterator[str]:
+    """A new database of a unique name on the server, dropped at the end."""
+    import psycopg
+
+    name = f"fabrikam_chaos_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlsplit(admin)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[tuple[str | None, str]]:
+    """A virtual host of the run's own on the machine's RabbitMQ (its queues apart from every
+    other user's), deleted at the end; or None and why not."""
+    if not answers(*RABBITMQ):
+        yield None, "RabbitMQ does not answer on 127.0.0.1:5672"
+        return
+    vhost = f"fabrikam-chaos-{uuid.uuid4().hex[:10]}"
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    try:
+        made = ctl("add_vhost", vhost)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        yield None, f"RabbitMQ answers but no vhost could be made (rabbitmqctl: {exc})"
+        return
+    if made.returncode != 0:
+        why = (made.stderr or made.stdout).strip().splitlines()[-1:]
+        yield None, f"RabbitMQ answers but no vhost could be made (rabbitmqctl: {why})"
+        return
+    try:
+        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield vhost, ""
+    finally:
+        ctl("delete_vhost", vhost)
+
+
+class MailCounter:
+    """The mail server: every message it took, as (recipient, subject)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        message = email.message_from_bytes(envelope.content)
+        with self.lock:
+            for rcpt in envelope.rcpt_tos:
+                self.messages.append((rcpt, str(message["Subject"])))
+        return "250 OK"
+
+
+# --- the processes ----------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    env: dict[str, str]
+    logs: Path
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as out:
+            process = subprocess.Popen(
+                argv, cwd=BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.running[name] = process
+        return process
+
+    def worker(self, name: str) -> subprocess.Popen[bytes]:
+        return self.start(name, [*procfile_command("worker"), "--hostname", f"{name}@%h"])
+
+    def stop(self) -> None:
+        for process in reversed(self.running.values()):
+            stop_process_group(process, timeout=15)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+# --- the stream of requests and the probes ----------------------------------------------------
+
+
+@dataclass
+class Answer:
+    seq: int
+    phase: str
+    status: int | None  # None: no answer (timeout, connection refused)
+    retry_after: str | None
+    delivery_id: str | None
+    detail: str
+
+
+class Stream:
+    """POST /api/v1/deliveries at a steady rate, each request numbered (its recipient's name),
+    every answer kept."""
+
+    def __init__(self, url: str, key: str, rate: float) -> None:
+        self.url, self.key, self.rate = url, key, rate
+        self.phase = "steady"
+        self.answers: list[Answer] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.rng = random.Random(13)
+        self.thread = threading.Thread(target=self._run, name="stream", daemon=True)
+
+    def body(self, seq: int) -> dict[str, Any]:
+        def near(radius_km: float) -> dict[str, float]:
+            east, north = (self.rng.uniform(-radius_km, radius_km) for _ in range(2))
+            return {
+                "lat": round(CENTER[0] + north / 111.2, 6),
+                "lon": round(CENTER[1] + east / (111.2 * math.cos(math.radians(CENTER[0]))), 6),
+            }
+
+        return {
+            "pickup": near(1.5),
+            "dropoff": near(1.5),
+            "package": {"size": "small", "weight_kg": round(self.rng.uniform(0.3, 2.0), 2)},
+            "recipient": {"name": f"chaos {seq}", "email": f"r{seq}@chaos.example"},
+        }
+
+    def _post(self, seq: int, phase: str, body: dict[str, Any]) -> None:
+        headers = {"Authorization": f"Api-Key {self.key}"}
+        try:
+            response = requests.post(self.url, json=body, headers=headers, timeout=15)
+        except requests.RequestException as exc:
+            answer = Answer(seq, phase, None, None, None, f"{type(exc).__name__}: {exc}")
+        else:
+            delivery_id = None
+            if response.status_code == 202:
+                delivery_id = str(response.json().get("id"))
+            answer = Answer(
+                seq, phase, response.status_code, response.headers.get("Retry-After"),
+                delivery_id, response.text[:200],
+            )  # fmt: skip
+        with self.lock:
+            self.answers.append(answer)
+
+    def _run(self) -> None:
+        with ThreadPoolExecutor(6, thread_name_prefix="post") as pool:
+            seq, started = 0, time.monotonic()
+            while not self.stopping.is_set():
+                pool.submit(self._post, seq, self.phase, self.body(seq))
+                seq += 1
+                self.stopping.wait(max(0.0, started + seq / self.rate - time.monotonic()))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+
+
+class Probes:
+    """The kubelet's view of the web pod: /healthz/ready and /healthz/live twice a second."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.phase = "steady"
+        self.seen: dict[str, dict[str, Counter[str]]] = defaultdict(
+            lambda: {"ready": Counter(), "live": Counter()}
+        )
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="probes", daemon=True)
+
+    def _probe(self, path: str) -> str:
+        try:
+            return str(requests.get(f"{self.base}{path}", timeout=5).status_code)
+        except requests.RequestException as exc:
+            return type(exc).__name__
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            phase = self.phase
+            self.seen[phase]["ready"][self._probe("/healthz/ready")] += 1
+            self.seen[phase]["live"][self._probe("/healthz/live")] += 1
+            self.stopping.wait(0.5)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+    def line(self, phase: str) -> str:
+        def counts(counter: Counter[str]) -> str:
+            return " ".join(f"{code}x{n}" for code, n in sorted(counter.items()))
+
+        seen = self.seen[phase]
+        return f"ready {counts(seen['ready']) or '-'}; live {counts(seen['live']) or '-'}"
+
+
+# --- the verdict ------------------------------------------------------------------------------
+
+
+def booked_twice(events: list[dict[str, Any]]) -> list[str]:
+    """Drones that held two deliveries at once. A delivery holds its drone from its `assigned`
+    event to its next `requested`, `delivered`, `cancelled` or `failed` one; the events are
+    taken in the order the database wrote them (their ids), which is the order of the
+    transactions that booked and released the drone (each writes its event)."""
+    held: dict[str, str] = {}  # drone serial -> delivery holding it
+    holding: dict[str, str] = {}  # delivery -> drone serial
+    clashes = []
+    for event in events:  # ordered by id
+        delivery, status = event["delivery_id"], event["status"]
+        if status == "assigned":
+            serial = event["note"].removeprefix("drone ").split()[0]
+            if serial in held and held[serial] != delivery:
+                clashes.append(f"{serial}: {held[serial]} and {delivery}")
+            held[serial], holding[delivery] = delivery, serial
+        elif status in ("requested", "delivered", "cancelled", "failed") and delivery in holding:
+            serial = holding.pop(delivery)
+            if held.get(serial) == delivery:
+                del held[serial]
+    return clashes
+
+
+def server_errors(log: str) -> list[str]:
+    """The web log's 500s (the access log's lines, and a worker timing out)."""
+    return [
+        line
+        for line in log.splitlines()
+        if re.search(r"portal\.access \S+ \S+ 50[0-2] ", line) or "WORKER TIMEOUT" in line
+    ]
+
+
+# --- the test ---------------------------------------------------------------------------------
+
+
+def test_deliveries_survive_each_dependency_going_away_and_a_worker_killed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        # The database: a new one on the PostgreSQL server, else an SQLite file.
+        admin, no_postgres = postgres_server()
+        if admin is not None:
+            database_url = stack.enter_context(postgres_database(admin))
+            db_target = urlsplit(database_url)
+            db_proxy = FaultProxy("database", db_target.hostname or "", db_target.port or 5432)
+            stack.callback(db_proxy.stop)
+            db_proxy.start()
+            proxied_database = db_target._replace(
+                netloc=db_target.netloc.replace(
+                    f"{db_target.hostname}:{db_target.port}", f"127.0.0.1:{db_proxy.port}"
+                )
+                if db_target.port
+                else f"{db_target.netloc}:{db_proxy.port}"
+            ).geturl()
+            notes.append(f"database: PostgreSQL, a new database {db_target.path[1:]}")
+        else:
+            db_proxy = None
+            database_url = proxied_database = f"sqlite:///{tmp_path / 'chaos.sqlite3'}"
+            notes.append(f"database: SQLite; the database outage is left out: {no_postgres}")
+
+        # Redis and MongoDB of the run's own (and a Redis for a broker, if need be).
+        services = tmp_path / "services"
+        redis = redis_server(services / "redis").start()
+        stack.callback(redis.stop)
+        mongo = mongo_server(services / "mongo").start()
+        stack.callback(mongo.stop)
+        vhost, no_rabbitmq = stack.enter_context(rabbitmq_vhost())
+        if vhost is not None:
+            broker_target, broker_scheme = RABBITMQ, "amqp"
+            notes.append(f"broker: RabbitMQ, vhost {vhost}")
+        else:
+            broker_redis = redis_server(services / "broker", durable=True).start()
+            stack.callback(broker_redis.stop)
+            broker_target, broker_scheme = ("127.0.0.1", broker_redis.port), "redis"
+            notes.append(f"broker: Redis (append-only), because {no_rabbitmq}")
+
+        # aiosmtpd logs every command at INFO.
+        mail_log = logging.getLogger("mail.log")
+        stack.callback(mail_log.setLevel, mail_log.level)
+        mail_log.setLevel(logging.WARNING)
+        mail = MailCounter()
+        mail_port = free_port()
+        controller = Controller(mail, hostname="127.0.0.1", port=mail_port)
+        controller.start()
+        stack.callback(controller.stop)
+        receiver = Receiver(port=free_port())
+        receiver.start()
+        stack.callback(receiver.stop)
+
+        proxies = {
+            "broker": FaultProxy("broker", *broker_target).start(),
+            "redis": FaultProxy("redis", "127.0.0.1", redis.port).start(),
+            "mongodb": FaultProxy("mongodb", "127.0.0.1", mongo.port).start(),
+            "smtp": FaultProxy("smtp", "127.0.0.1", mail_port).start(),
+        }
+        if db_proxy is not None:
+            proxies["database"] = db_proxy
+        for proxy in proxies.values():
+            stack.callback(proxy.stop)
+        broker_url = (
+            f"amqp://guest:guest@127.0.0.1:{proxies['broker'].port}/{vhost}"
+            if broker_scheme == "amqp"
+            else f"redis://127.0.0.1:{proxies['broker'].port}/0"
+        )
+
+        web_port = free_port()
+        base = f"http://127.0.0.1:{web_port}"
+        env = {
+            **os.environ,
+            "DEBUG": "true",
+            "LOG_FORMAT": "text",
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_URL": proxied_database,
+            # Connections kept, as in production: a cut breaks them under the processes' feet.
+            "DATABASE_CONN_MAX_AGE": "60",
+            "REDIS_URL": f"redis://127.0.0.1:{proxies['redis'].port}/0",
+            "MONGODB_URI": f"mongodb://127.0.0.1:{proxies['mongodb'].port}/",
+            "MONGODB_TIMEOUT_MS": "2000",
+            "CELERY_BROKER_URL": broker_url,
+            "EMAIL_HOST": "127.0.0.1",
+            "EMAIL_PORT": str(proxies["smtp"].port),
+            "EMAIL_USE_TLS": "false",
+            "WEB_PORT": str(web_port),
+            "PUBLIC_BASE_URL": base,
+            "FLEET_SIM_API_URL": base,
+            "FLEET_SIM_SPEEDUP": str(SPEEDUP),
+            "WORKER_HEARTBEAT_FILE": str(tmp_path / "worker-heartbeat"),
+            "SIMULATOR_HEARTBEAT_FILE": str(tmp_path / "simulator-heartbeat"),
+            "CHAOS_WEBHOOK_URL": receiver.url,
+            "CHAOS_DRONES": str(DRONES),
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            # Speed knobs: retries and sweeps that converge in seconds rather than minutes.
+            "DELIVERY_RETRY_BASE_SECONDS": "0.5",
+            "DELIVERY_RETRY_MAX_SECONDS": "3",
+            "WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+            "WEBHOOK_RETRY_MAX_SECONDS": "3",
+            "NOTIFICATIONS_RETRY_BASE_SECONDS": "1",
+            "NOTIFICATIONS_RETRY_MAX_SECONDS": "3",
+            "NOTIFICATIONS_SWEEP_GRACE_SECONDS": "2",
+            "NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS": "15",
+            "CELERY_VISIBILITY_TIMEOUT": "30",
+            "SERVICEBUS_LOCK_SECONDS": "20",
+            "BROKER_MAX_COUNTDOWN_SECONDS": "10",
+            "BUSINESS_MAX_ACTIVE_DELIVERIES": "0",
+            "API_RATE_LIMIT": "1000/second",
+        }
+        for name in ("CELERY_BROKER_TRANSPORT", "PROMETHEUS_MULTIPROC_DIR"):
+            env.pop(name, None)
+
+        # The run's world, straight to the database (not through its proxy).
+        prepared = subprocess.run(
+            [PYTHON, "-m", "tests.chaos.world", "prepare"],
+            cwd=BASE_DIR, env={**env, "DATABASE_URL": database_url}, capture_output=True,
+            text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert prepared.returncode == 0, prepared.stderr[-3000:]
+        world = json.loads(prepared.stdout)
+        receiver.secret = world["webhook_secret"]
+
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        processes = Processes(env, logs)
+        stack.callback(processes.stop)
+        processes.start("web", procfile_command("web", WEB_PORT=str(web_port)))
+        processes.worker("worker1")
+        processes.worker("worker2")
+        processes.start(
+            "beat", [*procfile_command("beat"), "--schedule", str(tmp_path / "beat-schedule")]
+        )
+        wait_for(
+            lambda: requests.get(f"{base}/healthz/ready", timeout=2).status_code == 200,
+            timeout=60,
+            what=f"web ready (log: {logs / 'web.log'})",
+        )
+        processes.start("simulator", procfile_command("simulator"))
+
+        stream = Stream(f"{base}/api/v1/deliveries", world["key"], RATE)
+        probes = Probes(base)
+        stream.start()
+        probes.start()
+        stack.callback(probes.stop)
+        stack.callback(stream.stop)
+
+        def phase(name: str) -> None:
+            stream.phase = probes.phase = name
+
+        time.sleep(RECOVERY_SECONDS)
+        outages = ["database", "redis", "broker", "mongodb", "smtp"]
+        timeline = []
+        for name in outages:
+            if name not in proxies:
+                timeline.append(f"{name}: left out ({no_postgres})")
+                continue
+            phase(name)
+            proxies[name].cut()
+            time.sleep(OUTAGE_SECONDS)
+            proxies[name].restore()
+            phase(f"after {name}")
+            time.sleep(RECOVERY_SECONDS)
+        phase("worker killed")
+        victim = processes.running["worker1"]
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        processes.worker("worker3")  # its replacement, as the Deployment would start
+        time.sleep(max(RECOVERY_SECONDS, 5.0))
+        phase("after worker killed")
+        time.sleep(RECOVERY_SECONDS)
+        stream.stop()
+        probes.stop()
+
+        # Settle: every delivery flown, every email and webhook sent (or given up).
+        settling = time.monotonic()
+        settled = subprocess.run(
+            [PYTHON, "-m", "tests.chaos.world", "wait", str(SETTLE_SECONDS)],
+            cwd=BASE_DIR, env={**env, "DATABASE_URL": database_url}, capture_output=True,
+            text=True, timeout=SETTLE_SECONDS + 120, check=False,
+        )  # fmt: skip
+        assert settled.returncode == 0, settled.stderr[-3000:]
+        final = json.loads(settled.stdout)
+        final["settle_seconds"] = time.monotonic() - settling
+        (logs / "settle.log").write_text(settled.stderr)
+        # What the business reads: the live status (Redis, falling back to the database).
+        final["live"] = live_statuses(base, world["key"], stream.answers)
+        # The last emails and webhooks reach their servers a moment after they are marked.
+        time.sleep(2)
+        web_log = processes.log("web")
+        processes.stop()
+        for name in sorted(processes.running):
+            shutil.copy(logs / f"{name}.log", tmp_path / f"{name}.log")
+
+    report, failures = verdict(stream.answers, final, mail, receiver, web_log)
+    with capsys.disabled():
+        print("\n\nchaos: " + "; ".join(notes))
+        print(
+            f"chaos: outages of {OUTAGE_SECONDS:g} s, each a cut at a proxy (every connection "
+            f"closed, new ones refused), {RECOVERY_SECONDS:g} s apart; {RATE:g} requests/s; "
+            f"{world['drones']} drones at {SPEEDUP}x"
+        )
+        for line in timeline:
+            print(f"chaos: {line}")
+        print("chaos: the web pod's probes (status x times):")
+        for name in [*outages, "worker killed"]:
+            if name in probes.seen:
+                print(f"  {name:<14} {probes.line(name)}")
+        for line in report:
+            print(f"chaos: {line}")
+        print(f"chaos: settled {final['settle_seconds']:.0f} s after the stream stopped")
+        if final["waiting"]:
+            print(f"chaos: not settled after {SETTLE_SECONDS:g} s: {', '.join(final['waiting'])}")
+        print(f"chaos: logs in {logs}")
+
+    never_ready = {"broker", "mongodb", "smtp"}
+    for name in probes.seen:
+        assert set(probes.seen[name]["live"]) == {"200"}, (name, probes.line(name))
+        if name in never_ready:
+            assert set(probes.seen[name]["ready"]) == {"200"}, (name, probes.line(name))
+    assert not final["waiting"], final["waiting"]
+    assert not failures, failures
+
+
+def live_statuses(base: str, key: str, answers: list[Answer]) -> dict[str, str]:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Api-Key {key}"
+    statuses = {}
+    for answer in answers:
+        if answer.status == 202 and answer.delivery_id:
+            url = f"{base}/api/v1/deliveries/{answer.delivery_id}/status"
+            response = session.get(url, timeout=10)
+            statuses[answer.delivery_id] = (
+                response.json()["status"] if response.status_code == 200 else response.text
+            )
+    return statuses
+
+
+def verdict(
+    answers: list[Answer],
+    world: dict[str, Any],
+    mail: MailCounter,
+    receiver: Receiver,
+    web_log: str,
+) -> tuple[list[str], list[str]]:
+    """The counts to print, and what went wrong."""
+    failures: list[str] = []
+    accepted = [a for a in answers if a.status == 202 and a.delivery_id]
+    refused = [a for a in answers if a.status == 503 and a.retry_after]
+    other = [a for a in answers if a not in accepted and a not in refused]
+    by_phase: dict[str, Counter[str]] = defaultdict(Counter)
+    for a in answers:
+        kind = "accepted" if a in accepted else "refused" if a in refused else "other"
+        by_phase[a.phase][kind] += 1
+
+    deliveries = {d["id"]: d for d in world["deliveries"]}
+    seq_of = {d["recipient_name"]: d["id"] for d in world["deliveries"]}
+    events: dict[str, Counter[str]] = defaultdict(Counter)
+    for event in world["events"]:
+        events[event["delivery_id"]][event["status"]] += 1
+
+    accepted_ids = [a.delivery_id for a in accepted if a.delivery_id]
+    lost = [i for i in accepted_ids if i not in deliveries]
+    delivered_once = [
+        i
+        for i in accepted_ids
+        if i in deliveries
+        and deliveries[i]["status"] == "delivered"
+        and events[i]["delivered"] == 1
+        and events[i]["assigned"] == 1
+    ]
+    not_delivered = sorted(
+        (deliveries[i]["status"], i)
+        for i in accepted_ids
+        if i in deliveries and deliveries[i]["status"] != "delivered"
+    )
+    twice = [
+        (i, dict(events[i]))
+        for i in deliveries
+        if events[i]["delivered"] > 1 or events[i]["assigned"] > 1
+    ]
+    unanswered = {a.seq for a in refused + other}
+    stored_anyway = sorted(seq for seq in unanswered if f"chaos {seq}" in seq_of)
+    unknown = [
+        d["id"]
+        for d in world["deliveries"]
+        if d["id"] not in set(accepted_ids)
+        and int(d["recipient_name"].split()[-1]) not in unanswered
+    ]
+    failed = [
+        (d["id"], d["failure_reason"]) for d in world["deliveries"] if d["status"] == "failed"
+    ]
+    stale = {
+        i: (status, deliveries[i]["status"])
+        for i, status in world["live"].items()
+        if i in deliveries and status != deliveries[i]["status"]
+    }
+    clashes = booked_twice(world["events"])
+
+    emails = Counter(mail.messages)
+    emails_twice = {key: n for key, n in emails.items() if n > 1}
+    sent_notifications = [n for n in world["notifications"] if n["status"] == "sent"]
+    unsent = [n for n in world["notifications"] if n["status"] != "sent"]
+    pairs = Counter((p["data"]["id"], p["type"]) for p in receiver.processed)
+    webhooks_twice = {key: n for key, n in pairs.items() if n > 1}
+    unverified = [r.webhook_id for r in receiver.received if not r.verified]
+    webhooks_failed = [w for w in world["webhooks"] if w["status"] != "delivered"]
+    errors = server_errors(web_log)
+
+    report = [
+        f"answers: {len(answers)}: {len(accepted)} accepted (202), {len(refused)} refused "
+        f"(503 with Retry-After), {len(other)} other",
+        "answers by phase: "
+        + "; ".join(
+            f"{phase} {c['accepted']}/{c['refused']}/{c['other']}" for phase, c in by_phase.items()
+        )
+        + " (accepted/refused/other)",
+        f"accepted and delivered exactly once: {len(delivered_once)} of {len(accepted)}; "
+        f"not delivered: {len(not_delivered)}; lost: {len(lost)}; delivered or assigned more "
+        f"than once: {len(twice)}; failed: {len(failed)}",
+        f"refused but stored anyway: {len(stored_anyway)}; stored without a 202 or a refusal: "
+        f"{len(unknown)}",
+        f"drones booked twice: {len(clashes)}",
+        f"live status (GET .../status) other than the database's: {len(stale)}",
+        f"emails: {sum(emails.values())} received by the SMTP server, {len(sent_notifications)} "
+        f"marked sent, {len(unsent)} not sent; received twice: {len(emails_twice)}",
+        f"webhooks: {len(receiver.received)} requests ({len(receiver.processed)} webhook-ids) "
+        f"for {len(pairs)} (delivery, event) pairs; processed twice: {len(webhooks_twice)}; "
+        f"not delivered: {len(webhooks_failed)}; bad signatures: {len(unverified)}",
+        f"outbox messages never published: {world['outbox_unpublished']}",
+        f"web's 500s and worker timeouts: {len(errors)}",
+    ]
+    checks: list[tuple[str, Any]] = [
+        ("answers neither 202 nor 503 with Retry-After", [(a.status, a.detail) for a in other]),
+        ("accepted deliveries not stored", lost),
+        ("accepted deliveries not delivered", not_delivered),
+        ("deliveries delivered or assigned more than once", twice),
+        ("refused requests stored anyway", stored_anyway),
+        ("deliveries stored without an answer", unknown),
+        ("failed deliveries", failed),
+        ("drones booked twice", clashes),
+        ("live statuses other than the database's (API, database)", stale),
+        ("emails received twice", emails_twice),
+        ("emails not sent", unsent),
+        ("emails sent but not received", len(sent_notifications) - sum(emails.values())),
+        ("webhook events processed twice", webhooks_twice),
+        ("webhooks not delivered", webhooks_failed),
+        ("webhooks badly signed", unverified),
+        ("outbox messages never published", world["outbox_unpublished"]),
+        ("web's 500s", errors[:10]),
+    ]  # fmt: skip
+    failures = [f"{what}: {value}" for what, value in checks if value]
+    return report, failures
