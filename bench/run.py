@@ -507,6 +507,7 @@ def database_ceiling(env: dict[str, str], business_id: Any, seconds: float) -> f
     from decimal import Decimal
 
     import psycopg
+    from django.conf import settings
     from django.db import connection
 
     from deliveries.models import Delivery, DeliveryEvent
@@ -536,7 +537,7 @@ def database_ceiling(env: dict[str, str], business_id: Any, seconds: float) -> f
         with psycopg.connect(
             env["DATABASE_URL"].replace("postgres://", "postgresql://", 1),
             autocommit=True,
-            cursor_factory=psycopg.ClientCursor,
+            prepare_threshold=settings.DATABASES["default"]["OPTIONS"].get("prepare_threshold"),
         ) as conn:
             for sql, params in rows[which::2]:
                 if time.monotonic() > stop:
