@@ -8,7 +8,7 @@ class PortalConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib import admin
 
-        from portal.logins import ThrottledAdminAuthenticationForm
+        from portal.logins import throttle_admin_login
 
         # Admin's sign-in is throttled as the site's is (portal/logins.py).
-        admin.site.login_form = ThrottledAdminAuthenticationForm
+        throttle_admin_login(admin.site)

@@ -7,13 +7,14 @@ from deliveries import views as delivery_views
 from notifications import views as notification_views
 from portal import health, views, webhook_views
 from portal.forms import EmailAuthenticationForm
+from portal.logins import ThrottledLoginView
 
 site = [
     path("", views.home, name="home"),
     path("signup", views.signup, name="signup"),
     path(
         "login",
-        auth_views.LoginView.as_view(
+        ThrottledLoginView.as_view(
             template_name="portal/login.html",
             authentication_form=EmailAuthenticationForm,
             redirect_authenticated_user=True,

@@ -85,9 +85,18 @@ def login(client: Client, path: str, email: str, password: str) -> str:
     response = client.post(path, {"username": email, "password": password})
     if response.status_code == 302:
         return "signed in"
-    assert response.status_code == 200
     text = response.content.decode()
-    return "throttled" if "Too many failed sign-ins" in text else "refused"
+    # Refused or throttled, the page is whole: the form to try again, and why not now.
+    assert 'name="password"' in text
+    if response.status_code == 429:
+        retry_after = int(response["Retry-After"])
+        assert 0 < retry_after <= 15 * 60
+        minutes = max(1, round(retry_after / 60))
+        assert f"Too many failed sign-ins. Try again in {minutes} minute" in text
+        return "throttled"
+    assert response.status_code == 200 and "Too many" not in text
+    assert "Retry-After" not in response
+    return "refused"
 
 
 @pytest.mark.django_db
