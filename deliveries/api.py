@@ -376,6 +376,11 @@ DELIVERY_EXAMPLE = OpenApiExample(
         "recipient": {"name": "Ada", "email": "ada@example.com"},
     },
 )
+RESCHEDULE_EXAMPLE = OpenApiExample(
+    "A new dropoff",
+    request_only=True,
+    value={"dropoff": {"lat": 47.6154, "lon": -122.3376, "address": "Westlake Center"}},
+)
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     str,
@@ -496,6 +501,7 @@ class DeliveryDetailApi(APIView):
     @extend_schema(
         summary="Reschedule before pickup: pickup time, dropoff, deadline",
         request=RescheduleIn,
+        examples=[RESCHEDULE_EXAMPLE],
         responses={200: DeliveryWithEventsOut, **ERRORS},
     )
     def patch(self, request: Request, delivery_id: str) -> Response:

@@ -4,9 +4,11 @@ ground-control gateways, answered with each drone's orders."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Any
 
+from django.core.validators import RegexValidator
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -28,10 +30,20 @@ RANGES: dict[str, tuple[float, float]] = {
     "heading": (0.0, 360.0),
     "battery_pct": (0.0, 100.0),
 }
+# A drone's serial has a character that is not whitespace (as Python's str.strip() knows it:
+# U+00A0 and U+001C-U+001F are), and no NUL: the one rule the schema documents and
+# parse_report applies, so that they cannot disagree.
+SERIAL = re.compile(
+    r"^[^\x00]*"
+    r"[^\x00\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    r"[^\x00]*$"
+)
 
 
 class ReportIn(serializers.Serializer):
-    drone = serializers.CharField(max_length=32, help_text="the drone's serial")
+    drone = serializers.CharField(
+        max_length=32, validators=[RegexValidator(SERIAL)], help_text="the drone's serial"
+    )
     time = serializers.DateTimeField(help_text="when it was measured, ISO 8601 with a zone")
     lat = serializers.FloatField(min_value=-90, max_value=90)
     lon = serializers.FloatField(min_value=-180, max_value=180)
@@ -90,8 +102,8 @@ def parse_report(item: Any) -> Report | dict[str, list[str]]:
     for name in unknown:
         errors[name] = ["unknown field"]
     drone = item.get("drone")
-    if not isinstance(drone, str) or not drone.strip() or len(drone) > 32:
-        errors["drone"] = ["the drone's serial, a string of 1 to 32 characters"]
+    if not isinstance(drone, str) or not SERIAL.match(drone) or len(drone) > 32:
+        errors["drone"] = ["the drone's serial, 1 to 32 characters, not all whitespace"]
     moment: datetime | None = None
     raw_time = item.get("time")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework.authentication import SessionAuthentication
@@ -80,7 +81,8 @@ class ApiSchema(AutoSchema):
         self, field: Any, direction: Any, bypass_extensions: bool = False
     ) -> Any:
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
-        # DRF refuses a NUL character in any string input (PostgreSQL could not store it).
+        # DRF refuses a NUL character in any string input (PostgreSQL could not store it). A
+        # field with a pattern of its own (a RegexValidator, mapped later) says so in it.
         if (
             direction == "request"
             and isinstance(schema, dict)
@@ -88,6 +90,7 @@ class ApiSchema(AutoSchema):
             and schema.get("type") == "string"
             and "pattern" not in schema
             and "enum" not in schema
+            and not any(isinstance(v, RegexValidator) for v in field.validators)
         ):
             schema["pattern"] = NO_NUL
         return schema

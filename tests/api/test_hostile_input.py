@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -51,6 +52,38 @@ def test_deeply_nested_telemetry_is_a_400(fleet: Any) -> None:
     client = Client(HTTP_AUTHORIZATION=f"Telemetry-Key {key}")
     response = client.post("/api/v1/telemetry", "[" * 100_000, content_type="application/json")
     refused(response)
+
+
+@pytest.mark.parametrize("serial", ["\u00a0", "\x1c", " \u3000 "])
+def test_a_drone_serial_of_whitespace_only_is_malformed_as_the_schema_says(
+    fleet: Any, serial: str
+) -> None:
+    # Python's str.strip() takes U+00A0 and U+001C for whitespace; the schema said only
+    # "at least one character", and schemathesis sent one the API called malformed.
+    pattern = re.compile(
+        Client()
+        .get("/api/v1/schema/?format=json")
+        .json()["components"]["schemas"]["ReportInRequest"]["properties"]["drone"]["pattern"]
+    )
+    assert not pattern.search(serial) and pattern.search(f"{serial}FD-1{serial}")
+    _, key = telemetry_key_create(name="gateway", base_ids=[fleet[0].base_id])
+    client = Client(HTTP_AUTHORIZATION=f"Telemetry-Key {key}")
+    report = {
+        "drone": serial,
+        "time": "2026-05-01T14:30:00Z",
+        "lat": 47.6,
+        "lon": -122.3,
+        "alt_m": 100,
+        "ground_speed_mps": 0,
+        "heading": 0,
+        "battery_pct": 90,
+    }
+    response = client.post(
+        "/api/v1/telemetry", {"reports": [report]}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["results"][0]["result"] == "malformed"
+    assert list(response.json()["results"][0]["fields"]) == ["drone"]
 
 
 def test_a_tracking_link_with_a_nul_byte_is_a_404(db: None) -> None:
