@@ -25,13 +25,12 @@ REQUEST_LAYERS = [
         "deliveries/services.py",
         "delivery_request_check",
     ),
-    (
-        "  of which the limits (deliveries held)",
-        "deliveries/services.py",
-        "deliveries_limit_check",
-    ),
     ("  of which preparing the rows", "portal/db.py", "prepare_insert"),
-    ("  of which the inserts (delivery, event)", "portal/db.py", "execute"),
+    (
+        "  of which the limit's count and the inserts (one statement)",
+        "portal/db.py",
+        "execute_together",
+    ),
     ("  of which publish after commit", "deliveries/services.py", "outbox_publish"),
     ("    of which Celery send_task", "celery/app/base.py", "send_task"),
     ("output document", "deliveries/api.py", "delivery_document"),

@@ -292,7 +292,7 @@ def delivery_create(
         else None
     )
     book_at = booking_time(request.pickup_time, now=now)
-    deliveries_limit_check(
+    over_limit = deliveries_limit_query(
         business_id=business_id, customer_id=customer_id, ahead=book_at is not None
     )
     delivery = Delivery(
@@ -324,7 +324,9 @@ def delivery_create(
     rows = prepare_insert(
         delivery, DeliveryEvent(delivery=delivery, status=Status.REQUESTED, at=now)
     )
-    execute_together(rows)
+    written = execute_together(rows, unless=over_limit.query if over_limit else None)
+    if not written and over_limit is not None:  # only a limit refuses
+        raise LimitReached(over_limit.message)
     if delivery.book_at is None:
         # Published as soon as the rows are committed: now, or with the caller's transaction.
         _workflow_enqueue(delivery_id=delivery.id)
@@ -333,11 +335,21 @@ def delivery_create(
     return delivery
 
 
-def deliveries_limit_check(*, business_id: UUID, customer_id: int | None, ahead: bool) -> None:
-    """LimitReached when the business already has BUSINESS_MAX_ACTIVE_DELIVERIES under way (or
-    BUSINESS_MAX_SCHEDULED_DELIVERIES booked ahead, for a later pickup), so that no business can
-    hold the fleet. A site customer's delivery (of the customers' business, which serves every
-    customer of the site) counts against that customer's CUSTOMER_MAX_* instead.
+@dataclass(frozen=True)
+class LimitQuery:
+    query: tuple[str, list[Any]]  # one row, one boolean: true when the limit is reached
+    message: str
+
+
+def deliveries_limit_query(
+    *, business_id: UUID, customer_id: int | None, ahead: bool
+) -> LimitQuery | None:
+    """The check that the business does not already have BUSINESS_MAX_ACTIVE_DELIVERIES under
+    way (or BUSINESS_MAX_SCHEDULED_DELIVERIES booked ahead, for a later pickup), so that no
+    business can hold the fleet; None when the limit is off. A site customer's delivery (of
+    the customers' business, which serves every customer of the site) counts against that
+    customer's CUSTOMER_MAX_* instead. delivery_create runs it with the INSERTs, in the same
+    statement on PostgreSQL.
 
     A count, not a lock: two requests at once may both pass at the limit, which lets a business
     exceed it by its concurrency at most. It is on every request's path, so its SQL is written
@@ -347,26 +359,24 @@ def deliveries_limit_check(*, business_id: UUID, customer_id: int | None, ahead:
     who = "customer" if customer_id is not None else "business"
     limit = getattr(settings, f"{who.upper()}_MAX_{'SCHEDULED' if ahead else 'ACTIVE'}_DELIVERIES")
     if limit <= 0:
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _held_sql(who, ahead=ahead),
-            [customer_id if customer_id is not None else business_id, limit],
-        )
-        (held,) = cursor.fetchone()
-    if held >= limit:
-        what = "booked ahead" if ahead else "under way"
-        raise LimitReached(
-            f"this {who} already has {limit} deliveries {what}, the most allowed; "
-            "retry when some have finished",
-        )
+        return None
+    what = "booked ahead" if ahead else "under way"
+    holder = customer_id if customer_id is not None else business_id
+    # As the database takes it (a UUID is a string of hex digits on SQLite).
+    holder = Delivery._meta.get_field(who).target_field.get_db_prep_value(holder, connection)  # type: ignore[union-attr]
+    return LimitQuery(
+        (_held_sql(who, ahead=ahead), [limit, holder, limit]),
+        f"this {who} already has {limit} deliveries {what}, the most allowed; "
+        "retry when some have finished",
+    )
 
 
 @functools.cache
 def _held_sql(who: str, *, ahead: bool) -> str:
-    """Count (up to a limit) the deliveries a business or customer holds: under way, or
-    booked ahead. The statuses are written in, not bound, so that the database matches the
-    statement to the partial indexes that carry the same conditions."""
+    """Whether a business or customer holds `limit` deliveries (parameters: the limit, the
+    business or customer, the limit): under way, or booked ahead. The statuses are written in,
+    not bound, so that the database matches the statement to the partial indexes that carry
+    the same conditions."""
     quote = connection.ops.quote_name
     column = f"{who}_id"  # the foreign key's column
     if ahead:
@@ -376,7 +386,7 @@ def _held_sql(who: str, *, ahead: bool) -> str:
         held = f"{quote('status')} NOT IN ({finished}) AND {quote('book_at')} IS NULL"
     table = quote(Delivery._meta.db_table)
     # Names and statuses are the model's own; the business or customer and the limit are bound.
-    return f"SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE {quote(column)} = %s AND {held} LIMIT %s) held"  # noqa: S608, E501
+    return f"SELECT COUNT(*) >= %s FROM (SELECT 1 FROM {table} WHERE {quote(column)} = %s AND {held} LIMIT %s) held"  # noqa: S608, E501
 
 
 def booking_time(pickup_time: datetime | None, *, now: datetime) -> datetime | None:

@@ -57,29 +57,64 @@ def execute(statements: list[Statement], *, using: str = "default") -> None:
             cursor.execute(sql, params)
 
 
-def execute_together(statements: list[Statement], *, using: str = "default") -> None:
-    """Apply `statements` (INSERTs from `prepare_insert`) all or none.
+def execute_together(
+    statements: list[Statement], *, unless: Statement | None = None, using: str = "default"
+) -> bool:
+    """Apply `statements` (INSERTs from `prepare_insert`) all or none; True when written.
 
-    On PostgreSQL they are sent as one statement, every INSERT but the last in a WITH clause
-    (data-modifying CTEs): outside a transaction the server commits it on its own, so storing
-    a delivery and its event is one round trip instead of four (BEGIN, two INSERTs, COMMIT).
-    The foreign key of the later row to the earlier is checked at the end of the statement,
-    which sees both. Elsewhere (SQLite has no INSERT in WITH) in a transaction."""
+    `unless`: a query of one row and one boolean column; when it answers true, nothing is
+    written and the answer is False (a limit reached, say). Not a lock: two calls at once may
+    both find it false.
+
+    On PostgreSQL all of it is one statement (data-modifying CTEs, `one_statement`), which the
+    server commits on its own outside a transaction: storing a delivery and its event after
+    checking the business's limit is one round trip instead of five (the check, BEGIN, two
+    INSERTs, COMMIT). A foreign key of a later row to an earlier one is checked at the end of
+    the statement, which sees both. Elsewhere (SQLite has no INSERT in WITH) the check, then
+    the INSERTs in a transaction."""
     connection = connections[using]
-    if connection.vendor != "postgresql" or len(statements) < 2:
-        with transaction.atomic(using=using):
-            execute(statements, using=using)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute(*one_statement(statements))
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(*one_statement(statements, unless=unless))
+            return cursor.fetchone() is not None
+    with transaction.atomic(using=using):
+        if unless is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(*unless)
+                (refused,) = cursor.fetchone()
+            if refused:
+                return False
+        execute(statements, using=using)
+    return True
 
 
-def one_statement(statements: list[Statement]) -> Statement:
-    """PostgreSQL: `statements` as one, every INSERT but the last in a WITH clause."""
-    *first, (last_sql, last_params) = statements
-    clauses = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(first))
-    params = [value for _, values in first for value in values] + last_params
-    return f"WITH {clauses} {last_sql}", params
+def one_statement(statements: list[Statement], *, unless: Statement | None = None) -> Statement:
+    """PostgreSQL: `statements` as one, answering a row when written. The first INSERT runs
+    unless `unless` answers true; each later one selects its row only if the first wrote one.
+
+    `INSERT ... VALUES (...)` becomes `INSERT ... SELECT ...`: the server infers each bound
+    value's type from its column as it does for VALUES."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if unless is not None:
+        clauses.append(f"refused AS ({unless[0]})")
+        params += unless[1]
+    for i, (sql, values) in enumerate(statements):
+        head, found, rest = sql.partition(" VALUES (")
+        if not found or not rest.endswith(")") or " VALUES (" in rest:
+            raise ValueError(f"not a one-row INSERT: {sql[:80]}")
+        select = f"{head} SELECT {rest[:-1]}"
+        if i == 0:
+            condition = " WHERE NOT (SELECT * FROM refused)" if unless is not None else ""
+            statement = f"{select}{condition} RETURNING 1"
+        else:
+            statement = f"{select} FROM w0 RETURNING 1"
+        params += values
+        if i < len(statements) - 1:
+            clauses.append(f"w{i} AS ({statement})")
+        else:
+            last = statement
+    return (f"WITH {', '.join(clauses)} {last}" if clauses else last), params
 
 
 def insert(*instances: Model, using: str = "default") -> None:

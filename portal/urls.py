@@ -68,17 +68,19 @@ site = [
     ),
 ]
 
+# The API first: Django tries the patterns in order, and the busiest requests (deliveries,
+# telemetry) then match without walking the site's pages first.
 urlpatterns = [
-    *site,
-    path("healthz/live", health.live, name="healthz-live"),
-    path("healthz/ready", health.ready, name="healthz-ready"),
-    path("healthz/dependencies", health.dependencies, name="healthz-dependencies"),
-    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     path("api/v1/", include("deliveries.urls")),
     path("api/v1/", include("drones.urls")),
     path("api/v1/", include("airspace.urls")),
     path("api/v1/", include("webhooks.urls")),
+    path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
+    *site,
+    path("healthz/live", health.live, name="healthz-live"),
+    path("healthz/ready", health.ready, name="healthz-ready"),
+    path("healthz/dependencies", health.dependencies, name="healthz-dependencies"),
     path("track/<slug:token>", delivery_views.track, name="track"),
     path("track/<slug:token>/notify", notification_views.track_notify, name="track-notify"),
     path("notifications/", include("notifications.urls")),

@@ -92,3 +92,18 @@ def test_rows_written_together_are_all_or_none(tenant: Tenant) -> None:
     with pytest.raises(DatabaseError):
         db.execute_together(db.prepare_insert(parent, broken))
     assert not Delivery.objects.filter(pk=parent.pk).exists()
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_rows_written_together_unless_a_check_refuses(tenant: Tenant, refused: bool) -> None:
+    parent = delivery(tenant)
+    rows = db.prepare_insert(
+        parent, DeliveryEvent(delivery=parent, status="requested", at=timezone.now())
+    )
+    with CaptureQueriesContext(connection) as queries:
+        written = db.execute_together(rows, unless=("SELECT %s = %s", [1, 1 if refused else 2]))
+    assert written is not refused
+    assert Delivery.objects.filter(pk=parent.pk).exists() is not refused
+    assert DeliveryEvent.objects.filter(delivery_id=parent.pk).exists() is not refused
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1  # the check and the INSERTs in one statement
