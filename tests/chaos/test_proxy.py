@@ -1,0 +1,66 @@
+"""The chaos test's own instruments: the proxy that makes an outage, and the double-booking
+check (each must be able to see what the chaos test asserts is absent)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import redis
+
+from tests.chaos.proxy import FaultProxy
+from tests.chaos.test_chaos import booked_twice
+
+
+def redis_behind(proxy: FaultProxy) -> redis.Redis:
+    return redis.Redis(port=proxy.port, socket_timeout=1, socket_connect_timeout=1)
+
+
+def test_a_cut_closes_open_connections_and_refuses_new_ones_until_restored() -> None:
+    target = redis.Redis.from_url(os.environ["REDIS_URL"])
+    host, port = (
+        target.connection_pool.connection_kwargs["host"],
+        target.connection_pool.connection_kwargs["port"],
+    )
+    proxy = FaultProxy("redis", host, port).start()
+    try:
+        client = redis_behind(proxy)
+        assert client.ping()
+        proxy.cut()
+        assert not proxy.up
+        with pytest.raises(redis.ConnectionError):
+            client.ping()  # the open connection is gone, and a new one refused
+        with pytest.raises(redis.ConnectionError, match="refused"):
+            redis_behind(proxy).ping()
+        proxy.restore()
+        assert client.ping()
+        assert proxy.connections >= 2
+    finally:
+        proxy.stop()
+
+
+def event(n: int, delivery: str, status: str, note: str = "") -> dict[str, Any]:
+    return {"id": n, "delivery_id": delivery, "status": status, "note": note}
+
+
+def test_a_drone_held_by_two_deliveries_at_once_is_seen() -> None:
+    events = [
+        event(1, "a", "assigned", "drone FD-1"),
+        event(2, "b", "assigned", "drone FD-1"),
+        event(3, "a", "delivered"),
+    ]
+    assert booked_twice(events) == ["FD-1: a and b"]
+
+
+def test_a_drone_booked_again_after_its_delivery_is_not_double_booked() -> None:
+    events = [
+        event(1, "a", "assigned", "drone FD-1"),
+        event(2, "a", "en_route_to_pickup"),
+        event(3, "a", "delivered"),
+        event(4, "b", "assigned", "drone FD-1"),
+        event(5, "c", "assigned", "drone FD-2"),
+        event(6, "c", "requested", "drone FD-2 grounded; finding another drone"),
+        event(7, "d", "assigned", "drone FD-2"),
+    ]
+    assert booked_twice(events) == []
