@@ -332,6 +332,21 @@ def booked_twice(events: list[dict[str, Any]]) -> list[str]:
     return clashes
 
 
+_TASK = re.compile(r"Task [\w.]+\[([0-9a-f-]+)\] (received|succeeded|raised|retry)")
+
+
+def under_way(log: str) -> list[str]:
+    """The tasks a worker's log shows received and not finished (running, prefetched, or held
+    for their countdown: unacknowledged, so the broker gives them to another worker)."""
+    received: dict[str, bool] = {}
+    for task_id, what in _TASK.findall(log):
+        if what == "received":
+            received.setdefault(task_id, True)
+        else:
+            received[task_id] = False
+    return [task_id for task_id, open_ in received.items() if open_]
+
+
 def server_errors(log: str) -> list[str]:
     """The web log's 500s (the access log's lines, and a worker timing out)."""
     return [
@@ -545,9 +560,13 @@ def test_deliveries_survive_each_dependency_going_away_and_a_worker_killed(
                 phase(f"after {name}")
                 time.sleep(RECOVERY_SECONDS)
             phase("worker killed")
+            # Killed while it holds work (bounded: its log says when it does).
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: bool(under_way(run.processes.log("worker1"))), timeout=10, what="")
             victim = run.processes.running["worker1"]
             os.killpg(victim.pid, signal.SIGKILL)  # the pod's every process, at once
             victim.wait()
+            killed_holding = len(under_way(run.processes.log("worker1")))
             run.processes.worker("worker3")  # its replacement, as the Deployment starts one
             time.sleep(max(RECOVERY_SECONDS, 5.0))
             phase("after worker killed")
@@ -580,6 +599,7 @@ def test_deliveries_survive_each_dependency_going_away_and_a_worker_killed(
         for name in [*OUTAGES, "worker killed"]:
             if name in probes.seen:
                 print(f"  {name:<14} {probes.line(name)}")
+        print(f"chaos: worker1 SIGKILLed with its pool, holding {killed_holding} tasks")
         for line in report:
             print(f"chaos: {line}")
         print(f"chaos: settled {settle_seconds:.0f} s after the stream stopped")

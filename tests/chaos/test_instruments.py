@@ -1,5 +1,6 @@
-"""The chaos test's own instruments: the proxy that makes an outage, and the double-booking
-check (each must be able to see what the chaos test asserts is absent)."""
+"""The chaos test's own instruments: the proxy that makes an outage, the double-booking check
+(it must be able to see what the chaos test asserts is absent), and the count of the tasks a
+killed worker held."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import redis
 
 from tests.chaos.proxy import FaultProxy
-from tests.chaos.test_chaos import booked_twice
+from tests.chaos.test_chaos import booked_twice, under_way
 
 
 def redis_behind(proxy: FaultProxy) -> redis.Redis:
@@ -64,3 +65,16 @@ def test_a_drone_booked_again_after_its_delivery_is_not_double_booked() -> None:
         event(7, "d", "assigned", "drone FD-2"),
     ]
     assert booked_twice(events) == []
+
+
+def test_the_tasks_a_worker_held_are_read_from_its_log() -> None:
+    log = "\n".join(
+        [
+            "INFO celery.worker.strategy Task workers.delivery_process[aa-1] received",
+            "INFO celery.worker.strategy Task workers.notification_send[bb-2] received",
+            "INFO celery.worker.strategy Task workers.webhooks_send[cc-3] received",
+            "INFO celery.app.trace Task workers.delivery_process[aa-1] succeeded in 0.1s: 'done'",
+            "ERROR celery.app.trace Task workers.webhooks_send[cc-3] raised unexpected: Error",
+        ]
+    )
+    assert under_way(log) == ["bb-2"]
