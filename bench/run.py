@@ -82,9 +82,13 @@ MEMORY_SPARE = 0.30
 TARGET_TELEMETRY_PER_S = 2000.0
 TARGET_ZONES_RATIO = 0.90
 BENCH_ZONES = 500
+WARMUP_AFTER_SWITCH = 2.0  # seconds (bench.run.zones_effect)
 TELEMETRY_BATCH = 100
-# Ingestion's API clients: businesses calling at once (bench.run.ingestion).
-INGESTION_CLIENTS = 100
+# The businesses calling the API in the ingestion and zones phases (each ~8,000 requests), and
+# those the end-to-end deliveries belong to: each stays under BUSINESS_MAX_ACTIVE_DELIVERIES
+# (default 100) as the deliveries pile up with no worker running.
+API_CLIENTS = 300
+E2E_BUSINESSES = 40
 
 
 class Stop(Exception):
@@ -246,9 +250,9 @@ def bench_environ(
             "SECURE_SSL_REDIRECT": "false",
             "FABRIKAM_IGNORE_LOCAL_SERVICES_FILE": "true",
             "API_RATE_LIMIT": "10000000/second",  # the throttle runs, never refuses
-            # The limits' counts run, never refuse.
-            "BUSINESS_MAX_ACTIVE_DELIVERIES": "10000000",
-            "BUSINESS_MAX_SCHEDULED_DELIVERIES": "10000000",
+            # The per-business limits stay at their defaults: a bench calls from many businesses
+            # (api_clients), each under them, as production's traffic comes (one business
+            # holding every delivery would make each request count thousands).
             "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
             "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
             "PYTHONUNBUFFERED": "1",
@@ -294,6 +298,31 @@ def ensure_postgres_database(url: str) -> None:
 
 
 # --- data -------------------------------------------------------------------------------------
+
+
+def api_clients(count: int, name: str) -> list[tuple[Any, str]]:
+    """`count` businesses with an API key each: (business, key). A bench's requests rotate over
+    them (`keyed_requests`), so that each business stays under the per-business limits."""
+    from businesses.services import business_create
+
+    return [business_create(name=f"{name} {i}") for i in range(count)]
+
+
+def keyed_requests(path: str, bodies: list[bytes], keys: list[str]) -> list[bytes]:
+    """POST requests of `bodies` to `path`, the i-th with the i-th key (round robin)."""
+    return [
+        load.build_request(
+            "POST",
+            path,
+            body,
+            {
+                "Content-Type": "application/json",
+                "Authorization": f"Api-Key {keys[i % len(keys)]}",
+                "Accept": "application/json",
+            },
+        )
+        for i, body in enumerate(bodies)
+    ]
 
 
 def random_point(rng: random.Random, radius_km: float) -> tuple[float, float]:
@@ -410,31 +439,9 @@ def ingestion(
     """`keys`: the API clients calling at once, each a business of its own, as in production
     (each business then holds a share of the deliveries the limits count, not all of them)."""
     port = free_port()
-
-    def headers(i: int) -> dict[str, str]:
-        return {
-            "Content-Type": "application/json",
-            "Authorization": f"Api-Key {keys[i % len(keys)]}",
-            "Accept": "application/json",
-        }
-
     bodies = [json.dumps(b).encode() for b in delivery_bodies(500, seed=args.seed)]
-    real = load.Target(
-        "real",
-        port,
-        [
-            load.build_request("POST", "/api/v1/deliveries", body, headers(i))
-            for i, body in enumerate(bodies)
-        ],
-    )
-    bare = load.Target(
-        "bare",
-        port,
-        [
-            load.build_request("POST", "/bench/bare", body, headers(i))
-            for i, body in enumerate(bodies)
-        ],
-    )
+    real = load.Target("real", port, keyed_requests("/api/v1/deliveries", bodies, keys))
+    bare = load.Target("bare", port, keyed_requests("/bench/bare", bodies, keys))
     argv = procfile_command("web", WEB_PORT=str(port))
     web_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.settings"}
     log = WORK_DIR / "gunicorn.log"
@@ -498,7 +505,7 @@ def ingestion(
     return measured
 
 
-def database_ceiling(env: dict[str, str], business_id: Any, seconds: float) -> float | None:
+def database_ceiling(env: dict[str, str], business_ids: list[Any], seconds: float) -> float | None:
     """Requests per second the database itself sustains for ingestion's statement (the
     limit's count, the delivery and its event, all one statement), replayed with prepared
     rows from two connections, one per gunicorn worker: what the rate can be read against.
@@ -522,13 +529,15 @@ def database_ceiling(env: dict[str, str], business_id: Any, seconds: float) -> f
     rows = []
     for i in range(4000):
         delivery = Delivery(
-            business_id=business_id, pickup_lat=CENTER[0], pickup_lon=CENTER[1],
+            business_id=business_ids[i % len(business_ids)], pickup_lat=CENTER[0],
+            pickup_lon=CENTER[1],
             dropoff_lat=CENTER[0] + 0.01, dropoff_lon=CENTER[1], package_size="small",
             package_weight_kg=1.0, recipient_name=f"Ceiling {i}", price_amount=Decimal("5.00"),
             price_currency="USD", route={}, book_at=None,
         )  # fmt: skip
         event = DeliveryEvent(delivery=delivery, status="requested", at=now)
-        unless = (_held_sql("business", ahead=False), [10_000_000, business_id, 10_000_000])
+        limit = settings.BUSINESS_MAX_ACTIVE_DELIVERIES
+        unless = (_held_sql("business", ahead=False), [limit, delivery.business_id, limit])
         rows.append(one_statement(prepare_insert(delivery, event), unless=unless))
     done = [0, 0]
     stop = time.monotonic() + seconds
@@ -590,8 +599,9 @@ class EndToEnd:
 
 
 def end_to_end(
-    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], business_id: Any
+    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], business_ids: list[Any]
 ) -> EndToEnd:
+    """`business_ids`: whose the deliveries are, in turn (each stays under its limits)."""
     import redis
     from django.db.models import Count, Max, Min
 
@@ -603,11 +613,12 @@ def end_to_end(
     print(f"\n== 2. end to end ({machine_load()})", flush=True)
     app.control.purge()  # what the ingestion bench queued
     began = time.perf_counter()
-    for body in delivery_bodies(args.deliveries, seed=args.seed + 1):
+    for i, body in enumerate(delivery_bodies(args.deliveries, seed=args.seed + 1)):
         serializer = DeliveryIn(data=body)
         serializer.is_valid(raise_exception=True)
         delivery_create(
-            business_id=business_id, request=delivery_request_from(serializer.validated_data)
+            business_id=business_ids[i % len(business_ids)],
+            request=delivery_request_from(serializer.validated_data),
         )
     stored_in = time.perf_counter() - began
     broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
@@ -626,7 +637,7 @@ def end_to_end(
         "WORKER_HEARTBEAT_FILE": str(WORK_DIR / "worker-heartbeat"),
     }
     print(f"   {shlex.join(argv[-8:])}, EMAIL_BACKEND=locmem (log: {log})", flush=True)
-    mine = Delivery.objects.filter(business_id=business_id)
+    mine = Delivery.objects.filter(business_id__in=business_ids)
     started_at = time.time()
     before = cpu.snapshot()
     with process(argv, env=worker_env, log=log) as worker:
@@ -650,7 +661,7 @@ def end_to_end(
     print(f"   {describe_memory('worker', memory)}", flush=True)
     by_status = dict(mine.values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
     span = DeliveryEvent.objects.filter(
-        delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
+        delivery__business_id__in=business_ids, status=Delivery.Status.ASSIGNED
     ).aggregate(first=Min("at"), last=Max("at"))
     assigned = by_status.pop(Delivery.Status.ASSIGNED, 0)
     first_to_last = start_to_last = 0.0
@@ -660,7 +671,7 @@ def end_to_end(
     # Nothing lost to speed: each delivery assigned once, no drone holding two of them.
     assigned_twice = (
         DeliveryEvent.objects.filter(
-            delivery__business_id=business_id, status=Delivery.Status.ASSIGNED
+            delivery__business_id__in=business_ids, status=Delivery.Status.ASSIGNED
         )
         .values("delivery_id")
         .annotate(n=Count("pk"))
@@ -822,6 +833,9 @@ class ZonesEffect:
     with_zones: list[load.Result]
     detours: int
     bodies: int
+    # The first seconds after each switch, served while the web processes' caches of the
+    # airspace fill (with other trips than those measured): reported, not in the ratio.
+    after_switch: list[load.Result]
 
     @property
     def ratio(self) -> float:
@@ -830,6 +844,10 @@ class ZonesEffect:
             w.rate / n.rate for n, w in zip(self.without, self.with_zones, strict=True) if n.rate
         ]
         return statistics.median(ratios) if ratios else 0.0
+
+    @property
+    def after_switch_rate(self) -> float:
+        return statistics.median(r.rate for r in self.after_switch) if self.after_switch else 0.0
 
 
 def bench_zones(count: int, avoid: list[tuple[float, float]], seed: int) -> dict[str, Any]:
@@ -864,11 +882,20 @@ def bench_zones(count: int, avoid: list[tuple[float, float]], seed: int) -> dict
 
 
 def zones_effect(
-    args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], key: str, bases: list[Any]
+    args: argparse.Namespace,
+    env: dict[str, str],
+    urls: dict[str, str],
+    keys: list[str],
+    bases: list[Any],
 ) -> ZonesEffect:
     """POST /api/v1/deliveries with 500 active no-fly zones in the area against none, in
     alternating rounds with the same requests (zones switched through the service, which the
-    web processes see within a second)."""
+    web processes see within a second).
+
+    Zones change rarely (an operator's edit, a flight restriction) next to the requests that
+    flow all day, so each round measures the steady state: after a switch, the web processes
+    first serve WARMUP_AFTER_SWITCH seconds of other trips (their caches of the airspace fill
+    as in production, not with the measured trips themselves), whose rate is reported too."""
     from airspace.models import NoFlyZone
     from airspace.routing import NoRoute
     from airspace.selectors import airspace_cache_clear
@@ -884,27 +911,32 @@ def zones_effect(
     )
     airspace_cache_clear()
     router = router_for(None)
-    bodies = []
+    bodies: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []  # the warm-up's trips
     detours = 0
-    for body in delivery_bodies(2000, seed=args.seed):
+    for body in delivery_bodies(4000, seed=args.seed):
         a = Point(body["pickup"]["lat"], body["pickup"]["lon"])
         b = Point(body["dropoff"]["lat"], body["dropoff"]["lon"])
         if router.zone_at(a) is not None or router.zone_at(b) is not None:
             continue
         try:
-            detours += len(router.route(a, b)) > 2
+            detour = len(router.route(a, b)) > 2
         except NoRoute:
             continue
-        bodies.append(body)
-        if len(bodies) == 500:
+        if len(bodies) <= len(others):
+            bodies.append(body)
+            detours += detour
+        else:
+            others.append(body)
+        if len(bodies) == 500 and len(others) == 500:
             break
     port = free_port()
-    headers = {"Content-Type": "application/json", "Authorization": f"Api-Key {key}"}
-    requests = [
-        load.build_request("POST", "/api/v1/deliveries", json.dumps(body).encode(), headers)
-        for body in bodies
-    ]
-    target = load.Target("real", port, requests)
+    encoded = [json.dumps(body).encode() for body in bodies]
+    target = load.Target("real", port, keyed_requests("/api/v1/deliveries", encoded, keys))
+    encoded = [json.dumps(body).encode() for body in others]
+    warmup = load.Target(
+        "other trips", port, keyed_requests("/api/v1/deliveries", encoded, keys[::-1])
+    )
     argv = procfile_command("web", WEB_PORT=str(port))
     log = WORK_DIR / "gunicorn-zones.log"
     print(f"\n== 7. no-fly zones and ingestion ({machine_load()})", flush=True)
@@ -915,6 +947,7 @@ def zones_effect(
     )
     without: list[load.Result] = []
     with_zones: list[load.Result] = []
+    after_switch: list[load.Result] = []
     try:
         with process(argv, env=env, log=log) as web:
             wait_http(f"http://127.0.0.1:{port}/healthz/live", timeout=30, child=web, log=log)
@@ -924,15 +957,22 @@ def zones_effect(
                 for active, runs in order if round_ % 2 == 0 else order[::-1]:
                     zones_activate(zone_ids=ids, active=active)
                     time.sleep(1.5)  # the web processes look at the airspace's version each second
+                    label = "with zones" if active else "no zones  "
+                    first = load.closed_loop(
+                        warmup, concurrency=args.concurrency, seconds=WARMUP_AFTER_SWITCH,
+                        warmup=0.0,
+                    )  # fmt: skip
+                    if active:
+                        after_switch.append(first)
+                    print(f"   {label}, just switched: {describe(first)}", flush=True)
                     result = load.closed_loop(
                         target, concurrency=args.concurrency, seconds=args.seconds, warmup=0.3
                     )
                     runs.append(result)
-                    label = "with zones" if active else "no zones  "
                     print(f"   {label}: {describe(result)}", flush=True)
     finally:
         zones_delete(zone_ids=ids)
-    measured = ZonesEffect(without, with_zones, detours, len(bodies))
+    measured = ZonesEffect(without, with_zones, detours, len(bodies), after_switch)
     print(f"   with / without, median of rounds: {measured.ratio:.3f}", flush=True)
     return measured
 
@@ -940,7 +980,7 @@ def zones_effect(
 # --- where the time goes ------------------------------------------------------------------
 
 
-def layer_split(args: argparse.Namespace, key: str, business_id: Any) -> None:
+def layer_split(args: argparse.Namespace, keys: list[str], business_ids: list[Any]) -> None:
     """The request and the workflow in this process, profiled layer by layer."""
     import warnings
 
@@ -960,10 +1000,11 @@ def layer_split(args: argparse.Namespace, key: str, business_id: Any) -> None:
             handler.setStream(devnull)
     # The web processes serve no static files either; the API does not need them collected.
     warnings.filterwarnings("ignore", "No directory at")
-    client = Client(HTTP_AUTHORIZATION=f"Api-Key {key}", HTTP_HOST="127.0.0.1")
+    clients = [Client(HTTP_AUTHORIZATION=f"Api-Key {key}", HTTP_HOST="127.0.0.1") for key in keys]
     bodies = [json.dumps(b) for b in delivery_bodies(count, seed=args.seed + 2)]
 
     def post(i: int) -> None:
+        client = clients[i % len(clients)]
         response = client.post("/api/v1/deliveries", bodies[i], content_type="application/json")
         if response.status_code != 202:
             raise SystemExit(f"POST answered {response.status_code}: {response.content[:300]!r}")
@@ -972,11 +1013,12 @@ def layer_split(args: argparse.Namespace, key: str, business_id: Any) -> None:
     for line in layers.profile(post, count, layers.REQUEST_LAYERS):
         print(f"     {line}", flush=True)
 
-    ids = []
+    ids: list[str] = []
     for body in delivery_bodies(count, seed=args.seed + 3):
         serializer = DeliveryIn(data=body)
         serializer.is_valid(raise_exception=True)
         request = delivery_request_from(serializer.validated_data)
+        business_id = business_ids[len(ids) % len(business_ids)]
         ids.append(str(delivery_create(business_id=business_id, request=request).id))
 
     def workflow(i: int) -> None:
@@ -1163,6 +1205,8 @@ def summary(
             (f"POST with {BENCH_ZONES} zones / without (median of rounds)", f"{zones.ratio:.2f}",
              f">= {TARGET_ZONES_RATIO}", verdict(zones.ratio >= TARGET_ZONES_RATIO and clean)),
             ("  requests that need a detour", f"{zones.detours} of {zones.bodies}", "", ""),
+            (f"  the first {WARMUP_AFTER_SWITCH:g} s after zones switch on (median)",
+             f"{zones.after_switch_rate:.0f} req/s", "", ""),
         ]  # fmt: skip
     for sub in subs or []:
         rows += sub.rows
@@ -1225,19 +1269,18 @@ def main() -> int:
             targets_for(vendor)
             from django.db import connection
 
-            from businesses.services import business_create
             from drones.geo import Point
             from drones.services import fleet_seed
 
             made = Made([], [], [])
             try:
-                api, key = business_create(name="Bench API client")
-                e2e_business, _ = business_create(name="Bench end to end")
-                made.business_ids += [api.pk, e2e_business.pk]
-                clients = [
-                    business_create(name=f"Bench client {i}") for i in range(INGESTION_CLIENTS)
+                clients = api_clients(API_CLIENTS, "Bench API client")
+                zone_clients = api_clients(API_CLIENTS, "Bench zones API client")
+                e2e_businesses = api_clients(E2E_BUSINESSES, "Bench end to end")
+                ceiling_clients = api_clients(100, "Bench database ceiling")
+                made.business_ids += [
+                    b.pk for b, _ in clients + zone_clients + e2e_businesses + ceiling_clients
                 ]
-                made.business_ids += [client.pk for client, _ in clients]
                 fleet = fleet_seed(
                     count=args.deliveries + max(500, args.deliveries // 2),
                     center=Point(*CENTER),
@@ -1256,15 +1299,17 @@ def main() -> int:
                         cursor.execute("ANALYZE")
                 if "ingestion" not in skip:
                     ingest = ingestion(args, env, urls, [k for _, k in clients])
-                    ingest.ceiling = database_ceiling(env, clients[0][0].pk, args.seconds)
+                    ingest.ceiling = database_ceiling(
+                        env, [b.pk for b, _ in ceiling_clients], args.seconds
+                    )
                 if "e2e" not in skip:
-                    e2e = end_to_end(args, env, urls, e2e_business.pk)
+                    e2e = end_to_end(args, env, urls, [b.pk for b, _ in e2e_businesses])
                 if "telemetry" not in skip:
                     tele = telemetry(args, env, urls, fleet.drone_ids)
                 if "zones" not in skip:
-                    zones = zones_effect(args, env, urls, key, fleet.bases)
+                    zones = zones_effect(args, env, urls, [k for _, k in zone_clients], fleet.bases)
                 if "layers" not in skip:
-                    layer_split(args, key, e2e_business.pk)
+                    layer_split(args, [k for _, k in clients], [b.pk for b, _ in e2e_businesses])
             finally:
                 if connection.vendor != "sqlite":
                     cleanup(made)

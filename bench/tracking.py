@@ -54,11 +54,13 @@ from bench.run import (  # noqa: E402
     WORK_DIR,
     Made,
     Stop,
+    api_clients,
     bench_environ,
     cleanup,
     delivery_bodies,
     django_for_bench,
     grouper,
+    keyed_requests,
     machine_load,
     on_sigterm,
     process,
@@ -534,7 +536,7 @@ def main() -> int:
 
             made = Made([], [], [])
             try:
-                business, key = business_create(name="Bench tracking")
+                business, _ = business_create(name="Bench tracking")
                 made.business_ids.append(business.pk)
                 fleet = fleet_seed(
                     count=300, center=Point(*CENTER), radius_km=FLEET_RADIUS_KM, seed=5
@@ -556,18 +558,17 @@ def main() -> int:
                 )
                 tokens = [d.tracking_token for d in deliveries]
                 followed = [tokens[i % len(tokens)] for i in range(args.trackers)]
+                # The POSTs come from many businesses, each under the per-business limits.
+                callers = api_clients(50, "Bench tracking API client")
+                made.business_ids += [caller.pk for caller, _ in callers]
                 post = load.Target(
                     "post",
                     0,
-                    [
-                        load.build_request(
-                            "POST",
-                            "/api/v1/deliveries",
-                            json.dumps(body).encode(),
-                            {"Content-Type": "application/json", "Authorization": f"Api-Key {key}"},
-                        )
-                        for body in delivery_bodies(200, seed=11)
-                    ],
+                    keyed_requests(
+                        "/api/v1/deliveries",
+                        [json.dumps(body).encode() for body in delivery_bodies(200, seed=11)],
+                        [key for _, key in callers],
+                    ),
                 )
                 web_port, live_port = free_port(), free_port()
                 post.port = web_port

@@ -58,11 +58,13 @@ from bench.run import (  # noqa: E402
     WORK_DIR,
     Made,
     Stop,
+    api_clients,
     bench_environ,
     cleanup,
     delivery_bodies,
     django_for_bench,
     grouper,
+    keyed_requests,
     machine_load,
     on_sigterm,
     process,
@@ -308,8 +310,7 @@ def main() -> int:
             made = Made([], [], [])
             try:
                 business, _ = business_create(name="Bench webhooks")
-                api, key = business_create(name="Bench webhooks API client")  # no endpoints
-                made.business_ids += [business.pk, api.pk]
+                made.business_ids.append(business.pk)
                 posts = int(2 * args.post_rate * args.seconds) + 200
                 fleet = fleet_seed(
                     count=args.deliveries + posts,
@@ -354,18 +355,18 @@ def main() -> int:
                 receiver.start()
                 sender.close()
 
+                # The POSTs come from many businesses (without endpoints), each under the
+                # per-business limits.
+                callers = api_clients(50, "Bench webhooks API client")
+                made.business_ids += [caller.pk for caller, _ in callers]
                 post = load.Target(
                     "post",
                     0,
-                    [
-                        load.build_request(
-                            "POST",
-                            "/api/v1/deliveries",
-                            json.dumps(body).encode(),
-                            {"Content-Type": "application/json", "Authorization": f"Api-Key {key}"},
-                        )
-                        for body in delivery_bodies(200, seed=11)
-                    ],
+                    keyed_requests(
+                        "/api/v1/deliveries",
+                        [json.dumps(body).encode() for body in delivery_bodies(200, seed=11)],
+                        [key for _, key in callers],
+                    ),
                 )
                 web_port = free_port()
                 post.port = web_port
