@@ -1,8 +1,10 @@
-"""Limits on failures by client address: wrong API keys and telemetry keys, failed sign-ins.
+"""Limits on failures by client address: wrong API keys and telemetry keys, failed sign-ins;
+and on password reset requests, by client address and by email address (portal/views.py).
 
 Fixed-window counters in the Redis that holds the API's rate limits (businesses/auth.py), one
 atomic INCR per failure. Only failures are counted: a caller that authenticates costs one read
-of its address's counter, in the round trip that reads its key.
+of its address's counter, in the round trip that reads its key. A password reset sends email
+whether or not it "fails", so each request is counted (`FailureWindow.take`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,11 @@ class FailureWindow:
         pipeline.expire(self.key, self.duration + 1)
         count, _ = pipeline.execute()
         return int(count)
+
+    def take(self) -> bool:
+        """Count one request (for a limit on requests, not on failures); whether it is within
+        the limit. One INCR: concurrent requests cannot all slip in under it."""
+        return self.record() <= self.limit
 
 
 def auth_failures(request: HttpRequest) -> FailureWindow:

@@ -418,6 +418,11 @@ API_RATE_LIMIT = envstr("API_RATE_LIMIT", "100/second") or "100/second"
 AUTH_FAILURE_RATE_LIMIT = envstr("AUTH_FAILURE_RATE_LIMIT") or "30/minute"
 # Failed sign-ins (the site's /login and admin's) allowed per client address and per user name.
 LOGIN_FAILURE_RATE_LIMIT = envstr("LOGIN_FAILURE_RATE_LIMIT") or "10/15minutes"
+# Password reset requests (each may send an email) allowed per client address, and per email
+# address asked for, whoever asks. Past the first, 429 with the form; past the second nothing
+# more is sent to that address, and the page says "sent" as it does for an unknown address.
+PASSWORD_RESET_RATE_LIMIT = envstr("PASSWORD_RESET_RATE_LIMIT") or "5/hour"
+PASSWORD_RESET_EMAIL_RATE_LIMIT = envstr("PASSWORD_RESET_EMAIL_RATE_LIMIT") or "3/hour"
 # How many reverse proxies in front of the web process append to X-Forwarded-For (1 on AKS: the
 # Application Gateway). 0: the client's address is REMOTE_ADDR and X-Forwarded-For is ignored.
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)

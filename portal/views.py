@@ -6,6 +6,7 @@ of deliveries starts from `customers.deliveries_visible_to`.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 from uuid import UUID
 
@@ -34,6 +35,7 @@ from deliveries.views import STAGE_LABELS
 from portal import customers
 from portal.errors import Conflict, DomainError, NotFound
 from portal.forms import ApiKeyForm, ScheduleForm, SignUpForm
+from portal.limits import FailureWindow, client_address
 from portal.places import KNOWN_PLACES
 
 PAGE_SIZE = 20
@@ -245,13 +247,42 @@ def api_key_revoke_view(request: HttpRequest, prefix: str) -> HttpResponseRedire
 
 class PasswordResetView(auth_views.PasswordResetView):
     """Django's, with the link in the email on the address the site is served at
-    (PUBLIC_BASE_URL), not whatever Host the request came with."""
+    (PUBLIC_BASE_URL), not whatever Host the request came with; and throttled, since each
+    request may send an email (portal/limits.py windows, in Redis).
+
+    Past PASSWORD_RESET_RATE_LIMIT requests from one client address: 429 with Retry-After, the
+    form still there and the message saying when to try again. Past
+    PASSWORD_RESET_EMAIL_RATE_LIMIT requests for one email address, whoever asks: nothing more
+    is sent to it, and the answer is the usual "check your email", as for an address without an
+    account. Every address asked for is counted, account or not, and what the asker sees never
+    depends on the address: not on its account, nor on who else asked for it lately.
+    """
 
     template_name = "portal/password_reset.html"
     email_template_name = "portal/password_reset_email.txt"
     subject_template_name = "portal/password_reset_subject.txt"
 
     def form_valid(self, form: Any) -> HttpResponse:
+        address = FailureWindow.of(
+            "reset-address", client_address(self.request), setting="PASSWORD_RESET_RATE_LIMIT"
+        )
+        if not address.take():
+            retry_after = address.retry_after()
+            minutes = max(1, round(retry_after / 60))
+            form.add_error(
+                None,
+                "Too many password reset requests from your network. "
+                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+            )
+            response = self.render_to_response(
+                self.get_context_data(form=form), status=HTTPStatus.TOO_MANY_REQUESTS
+            )
+            response["Retry-After"] = str(retry_after)
+            return response
+        email = str(form.cleaned_data["email"]).strip().lower()
+        mailbox = FailureWindow.of("reset-email", email, setting="PASSWORD_RESET_EMAIL_RATE_LIMIT")
+        if not mailbox.take():
+            return HttpResponseRedirect(self.get_success_url())
         protocol, _, domain = settings.PUBLIC_BASE_URL.partition("://")
         self.extra_email_context = {"protocol": protocol, "domain": domain}
         return super().form_valid(form)
