@@ -28,7 +28,7 @@ from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
 from deliveries.reasons import public_reason
 from drones.geo import Point
-from portal.api import Pagination, represented, validated
+from portal.api import PAGES, Pagination, represented, validated
 from portal.errors import NotFound
 
 # --- input ------------------------------------------------------------------------------------
@@ -447,6 +447,7 @@ class DeliveryListCreateApi(APIView):
     @extend_schema(
         operation_id="deliveries_list",
         summary="List the caller's deliveries, newest first",
+        description=PAGES,
         parameters=[OpenApiParameter("status", str, enum=list(Delivery.Status.values))],
         responses={200: DeliveryOut(many=True)},
     )

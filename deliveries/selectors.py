@@ -34,7 +34,7 @@ def delivery_list(*, business_id: UUID, status: str | None = None) -> QuerySet[D
     deliveries = deliveries_of(business_id=business_id).select_related("drone")
     if status:
         deliveries = deliveries.filter(status=status)
-    return deliveries.order_by("-created_at", "id")
+    return deliveries.order_by("-created_at", "-id")
 
 
 def delivery_status_get(*, business_id: UUID, delivery_id: UUID) -> dict[str, Any]:

@@ -13,10 +13,13 @@ from django.db import DatabaseError, InterfaceError
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
 from rest_framework import exceptions, serializers, status
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import BasePagination
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.utils.urls import replace_query_param
 
+from portal import keyset
 from portal.errors import Conflict, DomainError, LimitReached, NotFound, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -171,22 +174,94 @@ class JsonParser(JSONParser):
             raise exceptions.ParseError("JSON parse error - nested too deeply") from None
 
 
-class Pagination(PageNumberPagination):
+PAGES = (
+    "In pages by cursor, newest first: `next` links to the older rows, `previous` to the newer "
+    "ones (each null at its end); follow them as given. No `count`, no page numbers: a page "
+    "costs the same however deep it is."
+)
+
+
+class Pagination(BasePagination):
+    """Cursor pages, newest first: `next` and `previous` are links (null at either end), and no
+    count. A page is a keyset read (portal.keyset), as fast at the millionth row as at the
+    first; the view names its time field in `cursor_by` (created_at unless it says otherwise)."""
+
+    cursor_query_param = "cursor"
     page_size_query_param = "page_size"
+    page_size = api_settings.PAGE_SIZE
     max_page_size = 200
 
-    def get_page_size(self, request: Any) -> int | None:
-        """As DRF's, above the cap meaning the cap; but a page size that is not a whole number
-        of at least 1 is refused as a page that does not exist is, rather than ignored."""
+    def paginate_queryset(self, queryset: Any, request: Any, view: Any = None) -> list[Any]:
+        if "page" in request.query_params:
+            raise exceptions.ValidationError(
+                {"page": ["pages are cursors: follow the answer's `next` and `previous` links"]}
+            )
+        self.request = request
+        try:
+            self.page = keyset.page_of(
+                queryset,
+                cursor=request.query_params.get(self.cursor_query_param),
+                size=self.get_page_size(request),
+                by=getattr(view, "cursor_by", "created_at"),
+            )
+        except keyset.BadCursor:
+            raise exceptions.NotFound(
+                "no such cursor: take the `next` and `previous` links as they are"
+            ) from None
+        return self.page.items
+
+    def get_page_size(self, request: Any) -> int:
+        """Above the cap meaning the cap; but a page size that is not a whole number of at
+        least 1 is refused as a page that does not exist is, rather than ignored."""
         raw = request.query_params.get(self.page_size_query_param)
         if raw is None:
-            return self.page_size
+            return int(self.page_size or 50)
         if not (raw.isascii() and raw.isdigit()) or not raw.strip("0"):
             raise exceptions.NotFound("page_size is a whole number from 1 (at most 200 are sent)")
         return self.max_page_size if len(raw) > 4 else min(int(raw), self.max_page_size)
 
+    def _link(self, cursor: str | None) -> str | None:
+        if cursor is None:
+            return None
+        url = self.request.build_absolute_uri()
+        return replace_query_param(url, self.cursor_query_param, cursor)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response(
+            {
+                "next": self._link(self.page.older),
+                "previous": self._link(self.page.newer),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "format": "uri", "nullable": True}
+        return {
+            "type": "object",
+            "required": ["next", "previous", "results"],
+            "properties": {
+                "next": {**link, "description": "the older rows' page; null on the last"},
+                "previous": {**link, "description": "the newer rows' page; null on the first"},
+                "results": schema,
+            },
+        }
+
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        parameters: list[dict[str, Any]] = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            parameter["schema"]["minimum"] = 1
-        return parameters
+        return [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "a page's position, as the `next` and `previous` links carry it",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"rows per page, {self.page_size} unless given; at most "
+                f"{self.max_page_size} are sent",
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        ]

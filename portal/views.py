@@ -15,7 +15,6 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -32,7 +31,7 @@ from deliveries.lifecycle import BEFORE_PICKUP, FINISHED
 from deliveries.models import Delivery
 from deliveries.reasons import customer_reason
 from deliveries.views import STAGE_LABELS
-from portal import customers
+from portal import customers, keyset
 from portal.errors import Conflict, DomainError, NotFound
 from portal.forms import ApiKeyForm, ScheduleForm, SignUpForm
 from portal.limits import FailureWindow, client_address
@@ -80,18 +79,18 @@ def signup(request: HttpRequest) -> HttpResponse:
 @require_GET
 def deliveries_list(request: HttpRequest) -> HttpResponse:
     member = customers.membership_of(request.user)
-    deliveries = customers.deliveries_visible_to(request.user).order_by("-created_at", "id")
+    deliveries = customers.deliveries_visible_to(request.user)
     stage = request.GET.get("stage", "")
     if stage in Delivery.Status.values:
         deliveries = deliveries.filter(status=stage)
-    page = Paginator(deliveries, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = keyset.page_or_first(deliveries, cursor=request.GET.get("cursor"), size=PAGE_SIZE)
     rows = [
         {
             "delivery": d,
             "stage": STAGE_LABELS.get(d.status, d.status),
             "eta": d.dropoff_eta if d.status not in FINISHED else None,
         }
-        for d in page.object_list
+        for d in page.items
     ]
     context = {
         "nav": "deliveries",

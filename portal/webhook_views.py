@@ -13,7 +13,6 @@ from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -22,7 +21,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from audit.services import audited
 from businesses.models import BusinessMember
-from portal import customers
+from portal import customers, keyset
 from portal.errors import DomainError, NotFound
 from portal.webhook_forms import EVENT_LABELS, WebhookEndpointForm, endpoint_initial
 from webhooks import services
@@ -207,15 +206,13 @@ def webhook_detail(request: HttpRequest, endpoint_id: str) -> HttpResponse:
                 return HttpResponseRedirect(f"{url}#content")
         else:
             status = 422
-    attempts = (
-        WebhookAttempt.objects.filter(endpoint=endpoint)
-        .select_related("message")
-        .order_by("-at", "-id")
+    attempts = WebhookAttempt.objects.filter(endpoint=endpoint).select_related("message")
+    page = keyset.page_or_first(
+        attempts, cursor=request.GET.get("cursor"), size=ATTEMPTS_PAGE_SIZE, by="at"
     )
-    page = Paginator(attempts, ATTEMPTS_PAGE_SIZE).get_page(request.GET.get("page"))
     rows = []
     resendable: set[str] = set()
-    for attempt in page.object_list:
+    for attempt in page.items:
         # One Resend per event, on its newest attempt: a resend sends the event, not the attempt.
         first_seen = attempt.message_id not in resendable
         resendable.add(attempt.message_id)

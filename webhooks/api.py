@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.services import audited
-from portal.api import Pagination, validated
+from portal.api import PAGES, Pagination, validated
 from portal.errors import NotFound
 from webhooks import services
 from webhooks.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
@@ -167,6 +167,7 @@ class EndpointListCreateApi(APIView):
     @extend_schema(
         operation_id="webhooks_list",
         summary="List the caller's webhook endpoints",
+        description=PAGES,
         responses={200: EndpointOut(many=True)},
     )
     def get(self, request: Request) -> Response:
@@ -242,10 +243,12 @@ class EndpointRotateApi(APIView):
 
 class EndpointAttemptsApi(APIView):
     pagination_class = Pagination
+    cursor_by = "at"
 
     @extend_schema(
         operation_id="webhooks_attempts_list",
         summary="The endpoint's attempts, newest first (kept 14 days)",
+        description=PAGES,
         responses={200: AttemptOut(many=True), **ERRORS},
     )
     def get(self, request: Request, endpoint_id: str) -> Response:

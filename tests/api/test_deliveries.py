@@ -280,12 +280,49 @@ def test_the_list_is_paginated_and_filterable_by_status(tenant: Tenant, fleet: A
     ids = [create(tenant)["id"] for _ in range(3)]
     assign(ids[0])
     listing = tenant.client.get(DELIVERIES, {"page_size": 2}).json()
-    assert listing["count"] == 3
-    assert len(listing["results"]) == 2
-    assert listing["next"]
+    assert set(listing) == {"next", "previous", "results"}  # no count: nothing counts the rows
+    assert [d["id"] for d in listing["results"]] == ids[:0:-1]  # newest first
+    assert listing["previous"] is None
+    rest = tenant.client.get(listing["next"]).json()
+    assert [d["id"] for d in rest["results"]] == ids[:1]
+    assert rest["next"] is None
+    assert [d["id"] for d in tenant.client.get(rest["previous"]).json()["results"]] == ids[:0:-1]
     assigned = tenant.client.get(DELIVERIES, {"status": "assigned"}).json()
     assert [d["id"] for d in assigned["results"]] == [ids[0]]
     assert tenant.client.get(DELIVERIES, {"status": "lost"}).status_code == 400
+
+
+def test_pages_neither_skip_nor_repeat_deliveries_made_at_the_same_moment(
+    tenant: Tenant, fleet: Any
+) -> None:
+    ids = [create(tenant)["id"] for _ in range(7)]
+    same = timezone.now() - timedelta(minutes=5)
+    Delivery.objects.filter(pk__in=ids[1:6]).update(created_at=same)
+    seen: list[str] = []
+    url = f"{DELIVERIES}?page_size=2"
+    while url:
+        page = tenant.client.get(url).json()
+        seen += [d["id"] for d in page["results"]]
+        url = page["next"]
+    assert sorted(seen) == sorted(ids) and len(seen) == 7
+    back: list[str] = []
+    url = page["previous"]
+    while url:
+        page = tenant.client.get(url).json()
+        back = [d["id"] for d in page["results"]] + back
+        url = page["previous"]
+    assert back == seen[:-1]  # every page before the last, in the same order
+
+
+def test_a_page_is_named_by_its_cursor_not_by_a_number(tenant: Tenant, fleet: Any) -> None:
+    create(tenant)
+    refused = tenant.client.get(DELIVERIES, {"page": 2})
+    assert refused.status_code == 400
+    assert "next" in refused.json()["error"]["fields"]["page"][0]
+    for cursor in ("nonsense", "bz0x", "byAyMDI2IG5vdCBhIHRpbWU"):
+        answer = tenant.client.get(DELIVERIES, {"cursor": cursor})
+        assert answer.status_code == 404
+        assert "cursor" in answer.json()["error"]["message"]
 
 
 def test_a_delivery_shows_drone_etas_and_events(tenant: Tenant, fleet: Any) -> None:
@@ -332,7 +369,7 @@ def test_another_business_sees_none_of_it_anywhere(
     future = (timezone.now() + timedelta(hours=1)).isoformat()
     assert intruder.patch_json(path, {"pickup_time": future}).status_code == 404
     assert intruder.post_json(f"{path}/cancel").status_code == 404
-    assert intruder.get(DELIVERIES).json()["count"] == 0
+    assert intruder.get(DELIVERIES).json()["results"] == []
     # And nothing changed for the owner.
     assert tenant.client.get(path).json()["status"] == "requested"
     # Ids that are no UUID at all are 404 too, in JSON.

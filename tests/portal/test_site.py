@@ -327,6 +327,39 @@ def test_a_business_member_sees_the_business_deliveries_and_no_one_elses(
     assert member.get(reverse("site-delivery", kwargs={"delivery_id": theirs})).status_code == 404
 
 
+def pager_link(listing: str, label: str) -> str:
+    """The query of the list's Newer or Older link, "" when it has none."""
+    found = re.search(rf'<a href="(\?cursor=[^"]+)">{label}</a>', listing)
+    return found[1].replace("&amp;", "&") if found else ""
+
+
+@pytest.mark.django_db
+def test_a_business_members_list_pages_by_older_and_newer_links_keeping_the_stage(
+    fleet: list[Drone], tenant: Tenant
+) -> None:
+    ids = [
+        tenant.client.post_json("/api/v1/deliveries", delivery_body()).json()["id"]
+        for _ in range(23)
+    ]
+    Delivery.objects.filter(pk__in=ids[:2]).update(status=Delivery.Status.CANCELLED)
+    member = member_of(tenant)
+    url = reverse("site-deliveries")
+    first = member.get(url).content.decode()
+    assert pager_link(first, "Newer") == ""
+    assert "Page 1 of" not in first  # nothing counts the rows
+    assert all(f"/deliveries/{pk}" in first for pk in ids[3:])
+    older = member.get(url + pager_link(first, "Older")).content.decode()
+    assert [pk for pk in ids if f"/deliveries/{pk}" in older] == ids[:3]
+    assert pager_link(older, "Older") == ""
+    newer = member.get(url + pager_link(older, "Newer")).content.decode()
+    assert [pk for pk in ids if f"/deliveries/{pk}" in newer] == ids[3:]
+    cancelled = member.get(url, {"stage": "cancelled"}).content.decode()
+    assert [pk for pk in ids if f"/deliveries/{pk}" in cancelled] == ids[:2]
+    assert pager_link(cancelled, "Older") == ""
+    # A cursor the site did not hand out shows the first page.
+    assert f"/deliveries/{ids[-1]}" in member.get(url, {"cursor": "nonsense"}).content.decode()
+
+
 @pytest.mark.django_db
 def test_a_business_member_creates_a_key_shown_once_and_revokes_it_at_once(
     fleet: list[Drone], tenant: Tenant
