@@ -27,6 +27,14 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
    detour.
 9. Webhook fan-out: bench/webhooks.py, events delivered per second to a local TLS receiver, and
    `POST /api/v1/deliveries` p99 meanwhile against without.
+10. Tracing's cost: bench/telemetry_cost.py, ingestion with tracing off, sampled and always on.
+11. At scale: bench/scale.py, 1,000,000 deliveries and their events (PostgreSQL only), p99 of a
+   business's list at the first page and deep in it, of one delivery and of its status.
+
+On PostgreSQL the targets are issue 14's (POSTGRESQL_TARGETS); the ingestion phase also prints
+the database's own ceiling for the same statement, and the web and worker phases their
+processes' resident memory against the Helm chart's limits. Every bench that posts calls as many
+businesses (api_clients), each under the default per-business limits.
 
 The machine is shared, so each phase also says where the CPU went (bench/cpu.py: the web or
 worker processes, Redis, MongoDB, this database's PostgreSQL backends, everything else), and
@@ -1248,6 +1256,7 @@ def main() -> int:
             "zones",
             "webhooks",
             "tracing",
+            "scale",
         ],
         action="append",
     )
@@ -1332,6 +1341,9 @@ def main() -> int:
         if "tracing" not in skip:
             command = [python, str(BASE_DIR / "bench" / "telemetry_cost.py")]
             subs.append(sub_bench(10, "ingestion with tracing on and off", command, original))
+        if "scale" not in skip:
+            command = [python, str(BASE_DIR / "bench" / "scale.py")]
+            subs.append(sub_bench(11, "1,000,000 deliveries: lists and reads", command, original))
     except (KeyboardInterrupt, Stop):
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
