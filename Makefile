@@ -54,8 +54,9 @@ fuzz: install
 chaos: install
 	CHAOS_OUTAGE_SECONDS=$(or $(OUTAGE),30) $(PY) -m pytest tests/chaos -p no:cacheprovider -s $(ARGS)
 
-## Every figure against its target: ingestion, assignment, drone choice, telemetry in, the
-## simulator's capacity, live tracking fan-out (~10 min).
+## Every figure against its target (bench/run.py's docstring lists the phases; ~35 min): ingestion,
+## assignment, drone choice, telemetry in, the simulator, live tracking, no-fly zones, webhooks,
+## tracing, a million deliveries, the system as `make run` starts it. ARGS="--skip PHASE" skips.
 bench: install
 	$(PY) bench/run.py $(ARGS)
 
