@@ -22,7 +22,7 @@ run: export DEBUG := true
 run: export WEB_PORT := $(PORT)
 run: export PUBLIC_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: install
-	$(PY) -m portal.localservices run -- $(PY) -m portal.devrun
+	$(PY) -m devtools.localservices run -- $(PY) -m devtools.devrun
 
 ## Lint, type-check, scan the code and the pins (bandit, pip-audit), run the whole test suite.
 test: install deploy-tools

@@ -69,7 +69,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 from bench import cpu, layers, load  # noqa: E402
-from portal.localservices import free_port, local_services  # noqa: E402
+from devtools.localservices import free_port, local_services  # noqa: E402
 
 WORK_DIR = BASE_DIR / ".local" / "bench"
 SQLITE_FILE = WORK_DIR / "bench.sqlite3"

@@ -5,8 +5,8 @@
 Issue 14: web, worker, beat, live and simulator together, on the embedded defaults, accept and
 assign >= 150 deliveries per second for a minute without falling behind.
 
-The system is started with `make run`'s own command, `python -m portal.localservices run --
-python -m portal.devrun` (its Redis and MongoDB-protocol server, migrate, load_demo, then every
+The system is started with `make run`'s own command, `python -m devtools.localservices run --
+python -m devtools.devrun` (its Redis and MongoDB-protocol server, migrate, load_demo, then every
 Procfile process under honcho), with `make run`'s environment (DEBUG=true, WEB_PORT,
 PUBLIC_BASE_URL) and nothing else: no DATABASE_URL, REDIS_URL, MONGODB_URI or broker URL, so
 SQLite and the Redis broker, the embedded defaults. `make run` keeps its state in the checkout's
@@ -219,7 +219,16 @@ def system_running(keep: bool) -> Iterator[System]:
         port = two_free_ports()
         log = folder / "make-run.log"
         python = sys.executable
-        argv = [python, "-m", "portal.localservices", "run", "--", python, "-m", "portal.devrun"]
+        argv = [
+            python,
+            "-m",
+            "devtools.localservices",
+            "run",
+            "--",
+            python,
+            "-m",
+            "devtools.devrun",
+        ]
         print(
             f"system: {' '.join(argv[1:])} (make run) in a copy of the working tree "
             f"({files} files, {folder}), port {port}; log {log.name}",

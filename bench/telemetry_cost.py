@@ -53,7 +53,7 @@ from bench.run import (  # noqa: E402
     procfile_command,
     wait_http,
 )
-from portal.localservices import free_port  # noqa: E402
+from devtools.localservices import free_port  # noqa: E402
 
 SQLITE_FILE = WORK_DIR / "telemetry-cost.sqlite3"  # not run.py's: benches may run side by side
 TARGET_COST = 0.15

@@ -71,7 +71,7 @@ from bench.run import (  # noqa: E402
     procfile_command,
     wait_http,
 )
-from portal.localservices import free_port  # noqa: E402
+from devtools.localservices import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 SQLITE_FILE = WORK_DIR / "webhooks.sqlite3"  # not run.py's: benches may run side by side

@@ -14,9 +14,9 @@ from django.test import Client
 
 from businesses.models import Business
 from businesses.services import business_create
+from devtools.localservices import free_port
 from drones.geo import Point
 from drones.models import Base, Drone, DroneModel
-from portal.localservices import free_port
 from tests.support import celery_worker
 
 pytest_plugins = ["tests.browser_check"]  # no chromium, no quiet skip: the run stops saying why

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from portal.localservices import local_services
+from devtools.localservices import local_services
 
 _stack = contextlib.ExitStack()
 

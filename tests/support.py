@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from portal.localservices import free_port
+from devtools.localservices import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

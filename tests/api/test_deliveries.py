@@ -588,7 +588,7 @@ def test_a_failed_or_cancelled_stage_frees_the_drone(tenant: Tenant, fleet: Any)
 
 
 def test_an_unreachable_redis_is_503_not_500(tenant: Tenant) -> None:
-    from portal.localservices import free_port
+    from devtools.localservices import free_port
 
     dead = {
         "default": {

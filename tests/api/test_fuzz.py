@@ -54,8 +54,8 @@ from businesses.models import Business
 from businesses.services import api_key_forget, business_create
 from deliveries.lifecycle import delivery_move
 from deliveries.models import Delivery
+from devtools.localservices import free_port
 from drones.services import telemetry_key_create
-from portal.localservices import free_port
 from portal.wsgi import application
 from tests.airspace.zones import collection, feature, square
 from tests.conftest import delivery_body, make_fleet

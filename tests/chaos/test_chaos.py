@@ -55,7 +55,7 @@ import pytest
 import requests
 from aiosmtpd.controller import Controller
 
-from portal.localservices import LocalServer, free_port, mongo_server, redis_server
+from devtools.localservices import LocalServer, free_port, mongo_server, redis_server
 from tests.chaos.proxy import FaultProxy
 from tests.support import BASE_DIR, PYTHON, procfile_command, stop_process_group, wait_for
 from tests.webhooks.conftest import Receiver

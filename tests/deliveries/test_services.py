@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from deliveries import services
 from deliveries.models import Delivery, DeliveryEvent, OutboxMessage
+from devtools.localservices import free_port
 from drones.models import Drone, DroneModel
-from portal.localservices import free_port
 from tests.conftest import Tenant, make_fleet
 from tests.support import broker_for_this_process
 from workers.tasks import MAX_RETRIES, delivery_process

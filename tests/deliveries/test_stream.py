@@ -384,7 +384,7 @@ def test_the_hub_subscribes_again_after_redis_comes_back_and_has_feeds_re_read(
     import asyncio
 
     from deliveries.hub import Hub
-    from portal.localservices import redis_server
+    from devtools.localservices import redis_server
 
     server = redis_server(tmp_path).start()
     channel = "delivery:hub-test:live"

@@ -17,12 +17,12 @@ from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryEvent, OutboxMessage
 from deliveries.services import outbox_relay
+from devtools.localservices import redis_server
 from drones.flight import delivery_schedule
 from drones.geo import Point, distance_km
 from drones.models import Drone
 from notifications.models import Notification
 from packages.selectors import package_get
-from portal.localservices import redis_server
 from tests.conftest import CENTER, MailSink, Tenant, delivery_body, make_fleet, worker_env
 from tests.support import (
     BASE_DIR,

@@ -103,3 +103,5 @@ def test_the_default_command_is_the_web_process() -> None:
 def test_local_state_and_tooling_stay_out_of_the_build_context() -> None:
     ignored = set(IGNORE.read_text().split())
     assert {".git", ".venv", ".local", "*.sqlite3", "celerybeat-schedule*"} <= ignored
+    # Development tooling, benches and tests do not ship.
+    assert {"devtools", "bench", "tests"} <= ignored

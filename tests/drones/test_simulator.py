@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from devtools.localservices import free_port
 from drones import flight
 from drones.geo import Point, distance_km
 from drones.models import Drone
@@ -25,7 +26,6 @@ from drones.simulator import (
     gateway_key_create,
     iso_ms,
 )
-from portal.localservices import free_port
 from tests.conftest import Tenant, database_url, make_fleet
 from tests.drones.fleet import HERE, offset
 from tests.support import BASE_DIR, PYTHON, stop_process_group, wait_for

@@ -15,10 +15,10 @@ from django.utils import timezone
 from deliveries.lifecycle import delivery_move
 from deliveries.models import Delivery
 from deliveries.services import delivery_assign, delivery_cancel, delivery_fail
+from devtools.localservices import free_port
 from drones.models import Drone
 from notifications.models import Notification
 from notifications.services import notification_send, notifications_prune, notifications_sweep
-from portal.localservices import free_port
 from tests.conftest import MailSink, Tenant, delivery_body
 
 

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
-from portal.localservices import free_port
+from devtools.localservices import free_port
 from tests.conftest import MailSink, database_url, worker_env
 from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
 

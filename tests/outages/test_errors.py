@@ -13,8 +13,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.utils import DataError, InterfaceError, OperationalError, ProgrammingError
 
 from deliveries import services
+from devtools.localservices import free_port
 from portal import outages
-from portal.localservices import free_port
 from tests.conftest import Tenant, delivery_body, make_fleet
 
 

@@ -17,7 +17,7 @@ from django.utils import timezone
 from deliveries import services
 from deliveries.models import Delivery, DeliveryEvent
 from deliveries.reasons import public_reason
-from portal.localservices import free_port, mongo_server
+from devtools.localservices import free_port, mongo_server
 from tests.conftest import MailSink, Tenant, make_fleet, worker_env
 from tests.deliveries.test_services import request
 from tests.support import celery_worker, wait_for

@@ -11,9 +11,9 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 from django.urls import reverse
 
+from devtools.localservices import free_port
 from packages.services import package_upsert
 from packages.store import packages_collection, packages_indexes_ensure
-from portal.localservices import free_port
 from tests.conftest import Tenant
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,8 @@ import pytest
 import redis
 from kombu import Connection
 
+from devtools.localservices import redis_server
 from portal import broker
-from portal.localservices import redis_server
 from tests.support import broker_for_this_process
 
 TASK = "workers.ping"

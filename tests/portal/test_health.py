@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.test import Client, override_settings
 
-from portal.localservices import free_port, mongo_server, redis_server
+from devtools.localservices import free_port, mongo_server, redis_server
 from tests.support import wait_for
 
 

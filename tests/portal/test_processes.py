@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from portal.localservices import free_port
+from devtools.localservices import free_port
 from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
 
 pytestmark = pytest.mark.slow
@@ -79,13 +79,13 @@ def test_worker_liveness_probe_detects_a_hung_worker(
 
 def test_local_services_runner_starts_and_stops_redis_and_mongodb(tmp_path: Path) -> None:
     script = (
-        "import os; from portal.localservices import ping; "
+        "import os; from devtools.localservices import ping; "
         "assert ping('redis', os.environ['REDIS_URL']); "
         "assert ping('mongodb', os.environ['MONGODB_URI']); "
         "print(os.environ['REDIS_URL'], os.environ['MONGODB_URI'])"
     )
     result = subprocess.run(
-        [PYTHON, "-m", "portal.localservices", "run", "--", PYTHON, "-c", script],
+        [PYTHON, "-m", "devtools.localservices", "run", "--", PYTHON, "-c", script],
         cwd=BASE_DIR,
         env=fresh_env(),
         capture_output=True,
@@ -94,7 +94,7 @@ def test_local_services_runner_starts_and_stops_redis_and_mongodb(tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     redis_url, mongo_uri = result.stdout.strip().splitlines()[-1].split()
-    from portal.localservices import ping
+    from devtools.localservices import ping
 
     for name, url in (("redis", redis_url), ("mongodb", mongo_uri)):
         with pytest.raises(Exception):  # noqa: B017 - any connection error will do

@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from businesses.models import BusinessMember
 from deliveries.lifecycle import delivery_move
 from deliveries.models import Delivery
-from portal.localservices import free_port
+from devtools.localservices import free_port
 from tests.conftest import Tenant
 from tests.webhooks.conftest import Receiver
 from webhooks import services

