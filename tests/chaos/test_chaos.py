@@ -20,9 +20,10 @@ needs a server.
 
 At the end, once every delivery is finished: every request answered 202 was delivered exactly
 once (one assignment, one `delivered`), no request refused was stored anyway, no drone held two
-deliveries at once (from the deliveries' events in the order the database wrote them), no email
-arrived twice at the SMTP server, no event reached the webhook receiver under two webhook-ids,
-nothing failed, every refusal was a 503 with Retry-After, and web answered no 500. It prints
+deliveries at once (from the deliveries' events in the order the database wrote them), the live
+status the business reads says what the database says, no email arrived twice at the SMTP
+server, no event reached the webhook receiver under two webhook-ids, nothing failed, every
+refusal was a 503 with Retry-After, no outbox message was left, and web answered no 500. It prints
 those counts and the web pod's probes during each outage; liveness stays 200 throughout and
 readiness stays 200 through the broker, MongoDB and SMTP outages (portal/health.py).
 """

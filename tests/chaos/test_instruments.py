@@ -9,13 +9,18 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.test_chaos import booked_twice, under_way
 
 
 def redis_behind(proxy: FaultProxy) -> redis.Redis:
-    return redis.Redis(port=proxy.port, socket_timeout=1, socket_connect_timeout=1)
+    # No retries: each call says at once what it found.
+    return redis.Redis(
+        port=proxy.port, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def test_a_cut_closes_open_connections_and_refuses_new_ones_until_restored() -> None:
