@@ -386,7 +386,7 @@ def _held_sql(who: str, *, ahead: bool) -> str:
         held = f"{quote('status')} NOT IN ({finished}) AND {quote('book_at')} IS NULL"
     table = quote(Delivery._meta.db_table)
     # Names and statuses are the model's own; the business or customer and the limit are bound.
-    return f"SELECT COUNT(*) >= %s FROM (SELECT 1 FROM {table} WHERE {quote(column)} = %s AND {held} LIMIT %s) held"  # noqa: S608, E501
+    return f"SELECT COUNT(*) >= %s FROM (SELECT 1 FROM {table} WHERE {quote(column)} = %s AND {held} LIMIT %s) held"  # noqa: S608, E501  # nosec B608 # names and statuses are the model's own
 
 
 def booking_time(pickup_time: datetime | None, *, now: datetime) -> datetime | None:
