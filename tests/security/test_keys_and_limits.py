@@ -3,6 +3,7 @@ address, per-business and per-customer delivery limits, pagination caps."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import timedelta
 from typing import Any
@@ -202,9 +203,9 @@ def test_on_the_site_each_customer_has_a_limit_of_their_own(fleet: Any) -> None:
 def test_page_size_is_capped(tenant: Tenant, fleet: Any) -> None:
     response = tenant.client.get(DELIVERIES, {"page_size": 10**9})
     assert response.status_code == 200
-    for name in ("page_size", "page"):
-        for value in ("-1", "0", "x", "9" * 5000):
-            assert tenant.client.get(DELIVERIES, {name: value}).status_code in (200, 404)
+    for value in ("-1", "0", "x", "9" * 5000):
+        assert tenant.client.get(DELIVERIES, {"page_size": value}).status_code in (200, 404)
+        assert tenant.client.get(DELIVERIES, {"cursor": value}).status_code == 404
 
 
 def test_pagination_caps_at_200(tenant: Tenant, fleet: Any) -> None:
@@ -222,8 +223,17 @@ def test_pagination_caps_at_200(tenant: Tenant, fleet: Any) -> None:
 
 
 @pytest.mark.parametrize("page", ["2", "99999", "9" * 5000, "0", "-3", "last-but-one"])
-def test_a_page_past_the_end_or_not_a_page_is_a_clean_404(tenant: Tenant, page: str) -> None:
+def test_a_page_number_is_refused_saying_to_follow_the_links(tenant: Tenant, page: str) -> None:
+    """Lists page by cursor (README: no count, no ?page=N): a page number is a 400 that says
+    what to do instead, never a 500 nor a silently ignored parameter."""
     response = tenant.client.get(DELIVERIES, {"page": page})
+    assert response.status_code == 400
+    assert "next" in json.dumps(response.json())
+
+
+@pytest.mark.parametrize("cursor", ["2", "x" * 5000, "bm90IGEgY3Vyc29y", "%00", "-3"])
+def test_a_cursor_not_handed_out_is_a_clean_404(tenant: Tenant, cursor: str) -> None:
+    response = tenant.client.get(DELIVERIES, {"cursor": cursor})
     assert response.status_code == 404
     assert response.json()["error"]["message"]
 
@@ -238,6 +248,7 @@ def test_the_webhook_lists_are_paginated_alike(tenant: Tenant) -> None:
     )  # fmt: skip
     for path in ("/api/v1/webhooks", f"/api/v1/webhooks/{endpoint.id}/attempts"):
         assert tenant.client.get(path, {"page_size": 10**9}).status_code == 200, path
-        past = tenant.client.get(path, {"page": "99"})
-        assert past.status_code == 404, path
-        assert past.json()["error"]["message"]
+        assert tenant.client.get(path, {"page": "99"}).status_code == 400, path
+        unknown = tenant.client.get(path, {"cursor": "bm90IGEgY3Vyc29y"})
+        assert unknown.status_code == 404, path
+        assert unknown.json()["error"]["message"]
