@@ -126,9 +126,8 @@ def chart_memory_limit_mib(component: str) -> float:
         (BASE_DIR / "deploy" / "helm" / "drone-delivery" / "values.yaml").read_text()
     )
     limit = str(values[component]["resources"]["limits"]["memory"])
-    number = float(re.sub(r"[A-Za-z]+$", "", limit))
-    unit = limit[len(limit.rstrip("KMGikmg")) :]
-    return number * {"Mi": 1, "Gi": 1024, "Ki": 1 / 1024, "M": 0.954, "G": 976.6}[unit]
+    number, unit = re.fullmatch(r"([\d.]+)(Ki|Mi|Gi|M|G)", limit).groups()  # type: ignore[union-attr]
+    return float(number) * {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "M": 0.954, "G": 976.6}[unit]
 
 
 def procfile_command(kind: str, **variables: str) -> list[str]:
@@ -528,7 +527,7 @@ def database_ceiling(env: dict[str, str], business_ids: list[Any], seconds: floa
     from django.db import connection
 
     from deliveries.models import Delivery, DeliveryEvent
-    from deliveries.services import _held_sql
+    from deliveries.services import deliveries_limit_query
     from portal.db import one_statement, prepare_insert
 
     if connection.vendor != "postgresql":
@@ -546,8 +545,10 @@ def database_ceiling(env: dict[str, str], business_ids: list[Any], seconds: floa
             price_currency="USD", route={}, book_at=None,
         )  # fmt: skip
         event = DeliveryEvent(delivery=delivery, status="requested", at=now)
-        limit = settings.BUSINESS_MAX_ACTIVE_DELIVERIES
-        unless = (_held_sql("business", ahead=False), [limit, delivery.business_id, limit])
+        limit = deliveries_limit_query(
+            business_id=delivery.business_id, customer_id=None, ahead=False
+        )
+        unless = limit.query if limit else None
         rows.append(one_statement(prepare_insert(delivery, event), unless=unless))
     done = [0, 0]
     stop = time.monotonic() + seconds
@@ -679,25 +680,7 @@ def end_to_end(
         first_to_last = (span["last"] - span["first"]).total_seconds()
         start_to_last = span["last"].timestamp() - started_at
     # Nothing lost to speed: each delivery assigned once, no drone holding two of them.
-    assigned_twice = (
-        DeliveryEvent.objects.filter(
-            delivery__business_id__in=business_ids,
-            status=Delivery.Status.ASSIGNED,
-            note__startswith="drone ",  # the assignment's own (a flag writes one of the stage too)
-        )
-        .values("delivery_id")
-        .annotate(n=Count("pk"))
-        .filter(n__gt=1)
-        .count()
-    )
-    drones_twice = (
-        mine.exclude(drone__isnull=True)
-        .exclude(status__in=["delivered", "cancelled", "failed"])
-        .values("drone_id")
-        .annotate(n=Count("pk"))
-        .filter(n__gt=1)
-        .count()
-    )
+    assigned_twice, drones_twice = assigned_more_than_once(business_ids)
     print(
         f"   exactly once: {assigned_twice} deliveries assigned more than once, "
         f"{drones_twice} drones holding more than one delivery",
@@ -1115,6 +1098,41 @@ def sub_bench(number: int, title: str, command: list[str], environ: dict[str, st
 
 
 # --- the summary ------------------------------------------------------------------------------
+
+
+# A stage change to `assigned` notes the drone ("drone FD-1042"); a flag (its drone lost
+# contact, back to normal) is an event of the current status too, with the attention as its note.
+ASSIGNED_NOTE = r"^drone [^ ]+$"
+
+
+def assigned_more_than_once(business_ids: list[Any]) -> tuple[int, int]:
+    """Of these businesses' deliveries: how many were assigned more than once, and how many
+    drones hold more than one delivery under way. Both 0 when nothing was lost to speed."""
+    from django.db.models import Count
+
+    from deliveries.lifecycle import FINISHED
+    from deliveries.models import Delivery, DeliveryEvent
+
+    assigned_twice = (
+        DeliveryEvent.objects.filter(
+            delivery__business_id__in=business_ids,
+            status=Delivery.Status.ASSIGNED,
+            note__regex=ASSIGNED_NOTE,
+        )
+        .values("delivery_id")
+        .annotate(n=Count("pk"))
+        .filter(n__gt=1)
+        .count()
+    )
+    drones_twice = (
+        Delivery.objects.filter(business_id__in=business_ids, drone__isnull=False)
+        .exclude(status__in=FINISHED)
+        .values("drone_id")
+        .annotate(n=Count("pk"))
+        .filter(n__gt=1)
+        .count()
+    )
+    return assigned_twice, drones_twice
 
 
 def describe_memory(component: str, memory: list[tuple[str, float]]) -> str:

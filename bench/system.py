@@ -61,9 +61,11 @@ sys.path.insert(0, str(BASE_DIR))
 
 from bench import cpu, load  # noqa: E402
 from bench.run import (  # noqa: E402
+    ASSIGNED_NOTE,
     CENTER,
     FLEET_RADIUS_KM,
     Stop,
+    assigned_more_than_once,
     chart_memory_limit_mib,
     delivery_bodies,
     keyed_requests,
@@ -94,8 +96,6 @@ COMPONENTS = (
     ("redis", "redis-server"),
     ("mongodb", "nx-27017"),
 )
-# The note of the event of delivery_assign's stage change.
-ASSIGNED_NOTE = r"^drone [^ ]+$"
 SIMULATOR_LINE = re.compile(
     r"fleet simulator: (\d+) drones, (\d+) flying, (\d+) reports/s, (\d+) errors, "
     r"(\d+) refused, (\d+) ms per request"
@@ -423,7 +423,7 @@ class Assignments:
 def assignments(
     business_ids: list[Any], began: float, seconds: float, last_request: float, grace: float
 ) -> Assignments:
-    from django.db.models import Count, Min
+    from django.db.models import Min
 
     from deliveries.models import Delivery, DeliveryEvent
 
@@ -447,15 +447,7 @@ def assignments(
         windows.append(sum(1 for t in times if start <= t < end) / (end - start))
         start = end
     waits = [(first[pk] - created[pk]).total_seconds() for pk in first if pk in created]
-    twice = events.values("delivery_id").annotate(n=Count("pk")).filter(n__gt=1).count()
-    drones_twice = (
-        mine.exclude(drone__isnull=True)
-        .exclude(status__in=["delivered", "cancelled", "failed"])
-        .values("drone_id")
-        .annotate(n=Count("pk"))
-        .filter(n__gt=1)
-        .count()
-    )
+    twice, drones_twice = assigned_more_than_once(business_ids)
     by_status = Counter(mine.values_list("status", flat=True))
     flagged = (
         DeliveryEvent.objects.filter(
