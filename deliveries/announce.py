@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from deliveries.models import Delivery
-from notifications.services import notifications_record
+from notifications.services import notifications_record, notifications_record_many
 from webhooks import services as webhooks
 
 
@@ -19,6 +19,13 @@ def stage_changed(delivery: Delivery, *, previous: str, at: datetime) -> None:
     """`delivery` (already updated) has just moved from `previous` to `delivery.status`."""
     notifications_record(delivery, previous=previous)
     webhooks.webhooks_stage_record(delivery, previous=previous, at=at)
+
+
+def stage_changed_together(deliveries: list[Delivery], *, previous: str, at: datetime) -> None:
+    """stage_changed for several deliveries that made the same change in one transaction."""
+    notifications_record_many(deliveries, previous=previous)
+    for delivery in deliveries:
+        webhooks.webhooks_stage_record(delivery, previous=previous, at=at)
 
 
 def eta_changed(delivery: Delivery, *, at: datetime) -> None:

@@ -8,6 +8,7 @@ needs it, and writes the live status, versioned so that an older copy never over
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ from deliveries import announce, live
 from deliveries.models import Delivery, DeliveryEvent
 from drones.services import drone_release
 from portal import metrics, telemetry
-from portal.db import insert
+from portal.db import insert, update_rows
 from portal.errors import Conflict
 
 Status = Delivery.Status
@@ -155,6 +156,90 @@ def _moved(
     live.status_write(delivery, drone_location=location or position, at=at)
     # Counted when it is for real: the caller's transaction may still roll it back.
     transaction.on_commit(lambda: metrics.DELIVERY_STAGE_CHANGES.inc(stage=to))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A requested delivery, as read, and what its assignment writes (delivery_move's `changes`,
+    which must hold the drone)."""
+
+    delivery: Delivery
+    changes: dict[str, Any]
+    note: str = ""
+    position: Position | None = None
+
+
+def deliveries_lock(deliveries: list[Delivery]) -> set[Any]:
+    """Lock the rows of these deliveries for the caller's transaction, in the order of their
+    ids (so that two workers locking several never wait on each other in a circle); the ids of
+    those still requested at the version the caller read. Where rows cannot be locked
+    (SQLite), the transaction's write lock serialises writers anyway."""
+    if not deliveries:
+        return set()
+    current = dict(
+        Delivery.objects.select_for_update()
+        .filter(pk__in=[d.pk for d in deliveries], status=Status.REQUESTED)
+        .order_by("pk")
+        .values_list("pk", "version")
+    )
+    return {d.pk for d in deliveries if current.get(d.pk) == d.version}
+
+
+def deliveries_assign(assignments: list[Assignment], *, at: datetime) -> list[Delivery]:
+    """delivery_move to `assigned` for several requested deliveries at once (a round of the
+    workflow), in the caller's transaction, which must have locked them (deliveries_lock: they
+    are as read) and booked their drones: four statements however many. Returns them,
+    updated in place."""
+    if not assignments:
+        return []
+    now = timezone.now()
+    moved = assignments
+    for a in moved:
+        fields = {
+            "status": Status.ASSIGNED,
+            "version": a.delivery.version + 1,
+            "updated_at": now,
+            "next_attempt_at": None,
+            **a.changes,
+        }
+        for name, value in fields.items():
+            setattr(a.delivery, name, value)
+    deliveries = [a.delivery for a in moved]
+    update_rows(deliveries, sorted(_ASSIGN_FIELDS | moved[0].changes.keys()))
+    DeliveryEvent.objects.bulk_create(
+        DeliveryEvent(
+            delivery=a.delivery,
+            status=Status.ASSIGNED,
+            at=at,
+            lat=a.position[0] if a.position else None,
+            lon=a.position[1] if a.position else None,
+            alt_m=a.position[2] if a.position else None,
+            note=a.note[:300],
+        )
+        for a in moved
+    )
+    announce.stage_changed_together(deliveries, previous=Status.REQUESTED, at=at)
+    for a in moved:
+        # A span per delivery, linked to its request's trace: each delivery's trace shows
+        # the round that assigned it.
+        with telemetry.linked(
+            "delivery.stage_change",
+            a.delivery,
+            stage_from=Status.REQUESTED,
+            stage_to=Status.ASSIGNED,
+        ):
+            pass
+    live.statuses_write_after_commit(
+        (a.delivery.pk, a.delivery.version, at, live.status_of(a.delivery, a.position))
+        for a in moved
+    )
+    count = len(moved)
+    transaction.on_commit(lambda: metrics.DELIVERY_STAGE_CHANGES.inc(count, stage=Status.ASSIGNED))
+    return deliveries
+
+
+# What an assignment writes besides its changes.
+_ASSIGN_FIELDS = frozenset({"status", "version", "updated_at", "next_attempt_at"})
 
 
 def delivery_flag(

@@ -152,6 +152,14 @@ def statuses_write(writes: Iterable[tuple[UUID, int, datetime, dict[str, Any]]])
         logger.warning("live statuses of %d deliveries not written to Redis: %s", len(writes), exc)
 
 
+def statuses_write_after_commit(
+    writes: Iterable[tuple[UUID, int, datetime, dict[str, Any]]],
+) -> None:
+    """statuses_write once the current transaction has committed (a round of assignments)."""
+    writes = list(writes)
+    transaction.on_commit(lambda: statuses_write(writes))
+
+
 def _forget(delivery_id: UUID) -> None:
     # Redis down: nothing stale can be read from it either.
     with contextlib.suppress(Exception):

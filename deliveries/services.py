@@ -27,7 +27,10 @@ from airspace.routing import NoRoute
 from deliveries.lifecycle import (
     BEFORE_PICKUP,
     FINISHED,
+    Assignment,
     StaleDelivery,
+    deliveries_assign,
+    deliveries_lock,
     delivery_move,
 )
 from deliveries.lifecycle import (
@@ -37,8 +40,19 @@ from deliveries.models import Delivery, DeliveryEvent, IdempotencyRecord, Outbox
 from drones.flight import route_km
 from drones.geo import Point, distance_km
 from drones.routes import LegRouter, Router, route_json, router_for
-from drones.selectors import delivery_impossible_reason, drone_plan_best
-from drones.services import MAX_CLAIM_ATTEMPTS, DeliveryImpossible, drone_claim
+from drones.selectors import (
+    FlightPlan,
+    delivery_impossible_reason,
+    drone_plan_best,
+    fleet_pairs,
+)
+from drones.services import (
+    MAX_CLAIM_ATTEMPTS,
+    DeliveryImpossible,
+    drone_claim,
+    drones_claim,
+)
+from packages.services import packages_upsert
 from portal import metrics, telemetry
 from portal.db import execute_together, prepare_insert
 from portal.errors import Conflict, LimitReached, NotFound, Unprocessable
@@ -610,22 +624,21 @@ def delivery_assign(
             )
         try:
             with transaction.atomic():
+                # The delivery locked before its drone is booked, as in a round: two workers
+                # on one delivery queue here, and the second finds it changed.
+                if not deliveries_lock([delivery]):
+                    raise StaleDelivery(f"delivery {delivery.pk} changed meanwhile")
                 if not drone_claim(drone_id=plan.drone_id, delivery_id=delivery.id):
                     lost.add(plan.drone_id)  # taken between our read and our write
                     continue
-                position = plan.drone_position
+                booking = _assignment(delivery, plan)
                 delivery_move(
                     delivery,
                     Status.ASSIGNED,
                     at=now,
-                    note=f"drone {plan.drone_serial}",
-                    position=(position.lat, position.lon, 0.0) if position else None,
-                    changes={
-                        "drone_id": plan.drone_id,
-                        "pickup_eta": plan.pickup_eta,
-                        "dropoff_eta": plan.dropoff_eta,
-                        "route": {leg: route_json(r) for leg, r in plan.routes.items()},
-                    },
+                    note=booking.note,
+                    position=booking.position,
+                    changes=booking.changes,
                 )
         except (StaleDelivery, IntegrityError):
             # Cancelled or taken on by another message meanwhile (the unique booking column
@@ -641,6 +654,162 @@ def delivery_assign(
             delivery_fail(delivery_id=delivery.id, reason=reason)
             return AssignOutcome("done", delivery)
     return _wait_or_give_up(delivery, attempt, now, "no drone became free in time")
+
+
+def _assignment(delivery: Delivery, plan: FlightPlan) -> Assignment:
+    position = plan.drone_position
+    return Assignment(
+        delivery,
+        changes={
+            "drone_id": plan.drone_id,
+            "pickup_eta": plan.pickup_eta,
+            "dropoff_eta": plan.dropoff_eta,
+            "route": {leg: route_json(r) for leg, r in plan.routes.items()},
+        },
+        note=f"drone {plan.drone_serial}",
+        position=(position.lat, position.lon, 0.0) if position else None,
+    )
+
+
+def deliveries_assign_round(*, first: Delivery, attempt: int) -> AssignOutcome | None:
+    """Assign `first` (the delivery of the message at hand, attempt `attempt`) together with
+    up to DELIVERY_ASSIGN_ROUND - 1 new deliveries whose own messages are still queued: their
+    package documents in one write, a search per delivery (each drone chosen passed over for
+    the next), then every drone claimed, every delivery moved, its event, emails and webhooks
+    recorded in one transaction of a few statements (drones_claim, lifecycle.deliveries_assign).
+    Their own messages then find them assigned and stop.
+
+    Only the plain case is done here: a delivery with no drone free, no route, a deadline it
+    would miss or a drone taken meanwhile is left as it was, to its own message (the one-by-one
+    path, delivery_assign). Returns `first`'s outcome when it was assigned, else None (and the
+    caller takes the one-by-one path).
+
+    The others are taken by a conditional write of a mark (next_attempt_at, a time of its own;
+    SKIP LOCKED where rows can be locked), so that concurrent rounds take different ones and a
+    delivery taken once is not taken again by another round; its own message still comes.
+    Should a worker die mid-round, the deliveries' messages are still queued.
+    """
+    size = settings.DELIVERY_ASSIGN_ROUND
+    if (
+        size <= 1
+        or first.status != Status.REQUESTED
+        or first.attempts != attempt
+        or first.book_at is not None
+        or first.pickup_time is not None
+    ):
+        return None
+    now = timezone.now()
+    others = _round_take(first.pk, size - 1, now)
+    if not others:
+        return None
+    packages_upsert(others)
+    fleet = fleet_pairs()
+    router = router_for(now)
+    waiting = [first, *others]
+    passed_over: set[UUID] = set()  # drones booked in this round, or lost to another
+    first_plan: FlightPlan | None = None
+    for _ in range(ROUND_PASSES):
+        chosen = _round_plan(waiting, now, router, fleet, passed_over)
+        if not chosen:
+            break
+        with transaction.atomic():
+            # The deliveries first, as the one-by-one path does: whoever locks one first
+            # books its drone, and the other finds it changed.
+            unchanged = deliveries_lock([d for d, _ in chosen])
+            chosen = [(d, plan) for d, plan in chosen if d.pk in unchanged]
+            claimed = drones_claim({plan.drone_id: d.pk for d, plan in chosen})
+            moved = {
+                d.pk
+                for d in deliveries_assign(
+                    [_assignment(d, plan) for d, plan in chosen if plan.drone_id in claimed],
+                    at=now,
+                )
+            }
+        passed_over |= {plan.drone_id for _, plan in chosen}
+        first_plan = first_plan or next(
+            (p for d, p in chosen if d is first and d.pk in moved), None
+        )
+        # Those whose drone another worker took meanwhile search again, passing it over.
+        waiting = [d for d, plan in chosen if plan.drone_id not in claimed]
+        logger.info("round: %d assigned, %d drones lost", len(moved), len(waiting))
+    if first_plan is None:
+        return None
+    return AssignOutcome("assigned", first, drone_serial=first_plan.drone_serial)
+
+
+# Searches of a round for the deliveries that lost their drone to another worker.
+ROUND_PASSES = 3
+# How long a delivery taken by a round is left to it: its own message's turn comes anyway,
+# this only keeps other rounds off it (and the sweeper waits this long more).
+ROUND_MARK_SECONDS = 30
+
+
+def _round_plan(
+    deliveries: list[Delivery],
+    now: datetime,
+    router: Router,
+    fleet: list[Any],
+    passed_over: set[UUID],
+) -> list[tuple[Delivery, FlightPlan]]:
+    """Each delivery's best drone in turn, every drone chosen passed over for the next; the
+    deliveries with no route or a deadline they would miss are left out; none after the first
+    that finds no drone free (the rest would find none either)."""
+    chosen: list[tuple[Delivery, FlightPlan]] = []
+    for delivery in deliveries:
+        try:
+            plan = drone_plan_best(
+                pickup=_point(delivery.pickup_lat, delivery.pickup_lon),
+                dropoff=_point(delivery.dropoff_lat, delivery.dropoff_lon),
+                weight_kg=delivery.package_weight_kg,
+                start=now,
+                exclude=frozenset(passed_over | {p.drone_id for _, p in chosen}),
+                router=router,
+                fleet=fleet,
+            )
+        except NoRoute:
+            continue
+        if plan is None:
+            break
+        if delivery.deadline is None or plan.dropoff_eta <= delivery.deadline:
+            chosen.append((delivery, plan))
+    return chosen
+
+
+def _round_take(first_id: UUID, limit: int, now: datetime) -> list[Delivery]:
+    """Up to `limit` new deliveries (requested, to be assigned now, never tried: no
+    next_attempt_at), oldest first, marked as taken by this round."""
+    new = Delivery.objects.filter(
+        status=Status.REQUESTED,
+        next_attempt_at__isnull=True,
+        book_at__isnull=True,
+        pickup_time__isnull=True,
+    ).exclude(pk=first_id)
+    taking = new.order_by("created_at")
+    if connection.features.has_select_for_update_skip_locked:
+        taking = taking.select_for_update(skip_locked=True)
+    # Read, then marked: a LIMIT in the UPDATE's own subquery may be read again, and match
+    # more rows, when PostgreSQL rechecks a row another transaction changed.
+    with transaction.atomic():  # the locks' (and SQLite's write's) transaction
+        taken = list(taking[:limit])
+        if taken:
+            # Not the message's own delivery, which this transaction has not locked: another
+            # round may take it too, and the first to lock it (deliveries_lock) assigns it.
+            Delivery.objects.filter(pk__in=[d.pk for d in taken]).update(
+                next_attempt_at=now + timedelta(seconds=ROUND_MARK_SECONDS)
+            )
+    return taken
+
+
+def delivery_status(delivery_id: UUID) -> str | None:
+    """The delivery's status, None if there is no such delivery: one short statement."""
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT status FROM {table} WHERE id = %s",  # noqa: S608  # nosec B608 # a table name
+            [Delivery._meta.pk.get_db_prep_value(delivery_id, connection)],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: str) -> AssignOutcome:

@@ -96,7 +96,7 @@ def delivery_impossible_reason(
         global _populated
         _populated = None
         return _impossible_reason(_populated_pairs(max_age_seconds), *trip)
-    return _impossible_reason(_fleet_pairs(), *trip, cached=False)
+    return _impossible_reason(fleet_pairs(), *trip, cached=False)
 
 
 def _impossible_reason(
@@ -149,6 +149,7 @@ def drone_plan_best(
     not_before: datetime | None = None,
     exclude: frozenset[UUID] = frozenset(),
     router: Router = STRAIGHT,
+    fleet: list[_Pair] | None = None,
 ) -> FlightPlan | None:
     """The plan of the free drone that can carry the package, has the battery for
     position → pickup → dropoff → home base plus the reserve, and reaches the pickup soonest.
@@ -156,7 +157,8 @@ def drone_plan_best(
 
     Distances are those of the routes `router` plans (around no-fly zones). The search's
     bounds stay straight-line distances, which are never longer, so they still prove the best.
-    Raises airspace.routing.NoRoute when no route leads from the pickup to the dropoff."""
+    Raises airspace.routing.NoRoute when no route leads from the pickup to the dropoff.
+    `fleet`: fleet_pairs() as read by the caller, when it plans several deliveries at once."""
     leg_km = router.km(pickup, dropoff)
     trip = _Trip(
         pickup=pickup,
@@ -168,7 +170,7 @@ def drone_plan_best(
         router=router,
     )
     pairs = []
-    for pair in _fleet_pairs():
+    for pair in fleet if fleet is not None else fleet_pairs():
         to_base_km = router.reach_km(dropoff, pair.base)  # infinite: no way home there
         # What a full battery leaves for the flight to the pickup.
         spare_km = _usable_km(pair.model, battery_pct=100.0) - leg_km - to_base_km
@@ -318,7 +320,7 @@ def _table(model: type[Drone | DroneModel | Base]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-def _fleet_pairs() -> list[_Pair]:
+def fleet_pairs() -> list[_Pair]:
     """Every (model, base) combination, whether it has drones or not (both tables are small),
     and whether each model has any drone at all.
 
@@ -359,7 +361,7 @@ def _populated_pairs(max_age_seconds: float) -> list[_Pair]:
         sql = f"SELECT DISTINCT model_id, base_id FROM {_table(Drone)}"  # noqa: S608  # nosec B608 # a table name
         cursor.execute(sql)
         present = {(_uuid(model_id), _uuid(base_id)) for model_id, base_id in cursor.fetchall()}
-    pairs = [pair for pair in _fleet_pairs() if (pair.model.id, pair.base_id) in present]
+    pairs = [pair for pair in fleet_pairs() if (pair.model.id, pair.base_id) in present]
     _populated = (now, pairs)
     return pairs
 
@@ -409,13 +411,14 @@ def _home_sql(trip: _Trip, arms: list[_Arm]) -> tuple[str, list[Any]]:
             SELECT 'home' AS kind, {_COLUMNS}, CAST(NULL AS DOUBLE PRECISION) AS hours2
             FROM {_table(Drone)}
             WHERE state = %s AND assigned_delivery_id IS NULL AND base_id = %s AND model_id = %s
-                AND lat = %s AND lon = %s AND battery_pct >= %s {_not_in("id", trip.exclude)}
+                AND lat = %s AND lon = %s AND battery_pct >= %s {{not_in}}
             ORDER BY battery_pct DESC
             LIMIT 1
         ) AS home{{}}
     """  # noqa: S608  # nosec B608 # placeholders and table names only
     db_uuid = _uuid_param()
-    excluded = [db_uuid(v) for v in sorted(trip.exclude)]
+    not_in, excluded = _not_in("id", trip.exclude)
+    one = one.replace("{not_in}", not_in)
     params: list[Any] = []
     for arm in arms:
         pair = arm.pair
@@ -429,9 +432,7 @@ def _search(trip: _Trip, *parts: tuple[str, list[Any]]) -> tuple[list[_Row], lis
     and the estimated time of the last of these, in hours."""
     sql = " UNION ALL ".join(part for part, _ in parts if part)
     params = [param for part, part_params in parts if part for param in part_params]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = _fetch(sql, params)
     home: list[_Row] = []
     away: list[tuple[float, _Row]] = []
     for kind, i, serial, lat, lon, m, battery, b, hours2 in rows:
@@ -443,6 +444,31 @@ def _search(trip: _Trip, *parts: tuple[str, list[Any]]) -> tuple[list[_Row], lis
     away.sort(key=lambda hours2_row: hours2_row[0])
     last_hours = math.sqrt(away[-1][0]) if away else math.inf
     return home, [row for _, row in away], last_hours
+
+
+def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """The rows of a search. On PostgreSQL as a prepared statement with its parameters bound
+    by the server: the search's text is long and its parameters many, and planning it anew
+    every time cost the database more than running it (Django binds parameters in the client,
+    so its cursors never reuse a plan). The texts are few (a fleet's bases and models fix
+    them), and psycopg keeps the prepared statements per connection."""
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+    import psycopg
+    from psycopg import _queries
+
+    # psycopg parses a query's placeholders again on every call when its text is longer than
+    # 4 KB or its parameters more than 50, as the search's are (a few texts, called all the
+    # time): the parse cost the worker more than the rest of the search. Checked to exist by
+    # tests/drones/test_selectors.py, so that an upgrade of psycopg that drops it is seen.
+    _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 1 << 16)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 2048)
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return list(cursor.fetchall())
 
 
 def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[Any]]:
@@ -471,8 +497,9 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     where.append(f"NOT ({' OR '.join(['(base_id = %s AND lat = %s AND lon = %s)'] * len(bases))})")
     for base_id in bases:
         params += [db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
-    where.append(_not_in("id", trip.exclude).removeprefix("AND ") or "1 = 1")
-    params += [db_uuid(v) for v in sorted(trip.exclude)]
+    not_in, excluded = _not_in("id", trip.exclude)
+    where.append(not_in.removeprefix("AND ") or "1 = 1")
+    params += excluded
     # Equirectangular distance with the cosine taken at the mid latitude, to first order
     # (cos(lat0 + d/2) ≈ cos(lat0) - sin(lat0)·d/2): plain arithmetic, so SQLite needs no
     # functions, and within 1e-5 of the haversine distance at a few hundred km.
@@ -524,8 +551,18 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
 _F = "CAST(%s AS DOUBLE PRECISION)"
 
 
-def _not_in(column: str, values: frozenset[UUID]) -> str:
-    return f"AND {column} NOT IN ({', '.join(['%s'] * len(values))})" if values else ""
+def _not_in(column: str, values: frozenset[UUID]) -> tuple[str, list[Any]]:
+    """`column` is none of `values`: on PostgreSQL one array parameter, so that the query's
+    text is the same however many (it is prepared, _search)."""
+    if connection.vendor == "postgresql":
+        # As an array's text: psycopg's dump of a list of UUIDs cost more than the search.
+        return f"AND {column} <> ALL(CAST(%s AS uuid[]))", ["{" + ",".join(map(str, values)) + "}"]
+    if not values:
+        return "", []
+    db_uuid = _uuid_param()
+    return f"AND {column} NOT IN ({', '.join(['%s'] * len(values))})", [
+        db_uuid(v) for v in sorted(values)
+    ]
 
 
 def _best_feasible(trip: _Trip, rows: list[_Row]) -> _Candidate | None:

@@ -7,9 +7,11 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, UUIDField, Value, When
 from django.utils import timezone
 
 from drones.geo import EARTH_RADIUS_KM, Point
@@ -122,13 +124,40 @@ def drone_claim(*, drone_id: UUID, delivery_id: UUID) -> bool:
     Where rows can be locked, a drone another transaction is claiming right now is passed
     over at once (SKIP LOCKED) rather than waited for; SQLite has one writer at a time anyway.
     """
+    return bool(drones_claim({drone_id: delivery_id}))
+
+
+def drones_claim(bookings: dict[UUID, UUID]) -> set[UUID]:
+    """drone_claim for several drones at once (drone id → delivery id), in one statement (two
+    when some were taken); returns the drones this call booked."""
+    if not bookings:
+        return set()
     free = Drone.objects.filter(
-        pk=drone_id, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
+        pk__in=bookings, state=Drone.State.IDLE, assigned_delivery_id__isnull=True
     )
     if connection.features.has_select_for_update_skip_locked:
         free = free.filter(pk__in=free.select_for_update(skip_locked=True).order_by().values("pk"))
-    claimed = free.update(assigned_delivery_id=delivery_id, updated_at=timezone.now())
-    return claimed == 1
+    if len(bookings) == 1:
+        booked: Any = next(iter(bookings.values()))
+    else:
+        booked = Case(
+            *(When(pk=d, then=Value(v, output_field=UUIDField())) for d, v in bookings.items())
+        )
+    stamp = timezone.now()
+    claimed = free.update(assigned_delivery_id=booked, updated_at=stamp)
+    if claimed == len(bookings):
+        return set(bookings)
+    if not claimed:
+        return set()
+    # Which of them: by this statement's own time, not by the delivery alone, which another
+    # worker may have booked the same drone for (the same search for the same delivery).
+    return {
+        drone_id
+        for drone_id, delivery_id, at in Drone.objects.filter(pk__in=bookings).values_list(
+            "pk", "assigned_delivery_id", "updated_at"
+        )
+        if bookings[drone_id] == delivery_id and at == stamp
+    }
 
 
 def drone_release(*, drone_id: UUID, delivery_id: UUID) -> bool:

@@ -54,52 +54,75 @@ def _normal(email: str) -> str:
     return email.strip().lower()
 
 
-def _customer_emails(delivery: Delivery) -> list[str]:
-    """Who hears of every stage: the recipient, and the site customer who scheduled it; the
-    business when neither gave an address."""
-    emails = [delivery.recipient_email] if delivery.recipient_email else []
-    if delivery.customer_id is not None:
-        emails += User.objects.filter(pk=delivery.customer_id).values_list("email", flat=True)
-    if any(emails):
-        return [email for email in emails if email]
-    if Delivery.business.is_cached(delivery):
-        return [delivery.business.email] if delivery.business.email else []
-    email = Business.objects.filter(pk=delivery.business_id).values_list("email", flat=True).get()
-    return [email] if email else []
+def _customer_emails(deliveries: list[Delivery]) -> dict[UUID, list[str]]:
+    """Who hears of every stage, per delivery: the recipient, and the site customer who
+    scheduled it; the business when neither gave an address. One query per kind of address
+    asked for, however many deliveries."""
+    customer_ids = {d.customer_id for d in deliveries if d.customer_id is not None}
+    users = (
+        dict(User.objects.filter(pk__in=customer_ids).values_list("pk", "email"))
+        if customer_ids
+        else {}
+    )
+    emails: dict[UUID, list[str]] = {}
+    for delivery in deliveries:
+        found = [delivery.recipient_email]
+        if delivery.customer_id is not None:
+            found.append(users.get(delivery.customer_id, ""))
+        emails[delivery.pk] = [email for email in found if email]
+    orphans = {d.business_id for d in deliveries if not emails[d.pk]}
+    if orphans:
+        cached = {
+            d.business_id: d.business.email for d in deliveries if Delivery.business.is_cached(d)
+        }
+        missing = orphans - cached.keys()
+        if missing:
+            cached |= dict(Business.objects.filter(pk__in=missing).values_list("pk", "email"))
+        for delivery in deliveries:
+            if not emails[delivery.pk] and cached.get(delivery.business_id):
+                emails[delivery.pk] = [cached[delivery.business_id]]
+    return emails
 
 
 def notifications_record(delivery: Delivery, *, previous: str) -> list[UUID]:
     """In the stage change's transaction: the emails owed by `delivery`'s new stage, one per
     active subscription (the customer's is made at the first change), published after commit.
     Returns their ids."""
-    kind = KIND_OF_STAGE.get(delivery.status)
-    if kind is None or previous == delivery.status:
+    return notifications_record_many([delivery], previous=previous)
+
+
+def notifications_record_many(deliveries: list[Delivery], *, previous: str) -> list[UUID]:
+    """notifications_record for several deliveries that made the same change together (a round
+    of assignments): three statements however many there are."""
+    owing = [
+        d for d in deliveries if KIND_OF_STAGE.get(d.status) is not None and previous != d.status
+    ]
+    if not owing:
         return []
-    customers = _customer_emails(delivery)
-    if customers:
-        # ignore_conflicts: a customer who unsubscribed stays unsubscribed.
-        Subscription.objects.bulk_create(
-            [
-                Subscription(
-                    delivery=delivery, email=_normal(email), source=Subscription.Source.CUSTOMER
-                )
-                for email in customers
-            ],
-            ignore_conflicts=True,
-        )
+    customers = _customer_emails(owing)
+    # ignore_conflicts: a customer who unsubscribed stays unsubscribed.
+    Subscription.objects.bulk_create(
+        [
+            Subscription(delivery=d, email=_normal(email), source=Subscription.Source.CUSTOMER)
+            for d in owing
+            for email in customers[d.pk]
+        ],
+        ignore_conflicts=True,
+    )
+    by_id = {d.pk: d for d in owing}
     now = timezone.now()
     rows = [
         Notification(
-            delivery=delivery,
+            delivery=by_id[delivery_id],
             subscription_id=subscription_id,
-            kind=kind,
+            kind=KIND_OF_STAGE[by_id[delivery_id].status],
             email=email,
-            version=delivery.version,
+            version=by_id[delivery_id].version,
             next_attempt_at=now,
         )
-        for subscription_id, email in Subscription.objects.filter(
-            delivery=delivery, active=True
-        ).values_list("id", "email")
+        for subscription_id, delivery_id, email in Subscription.objects.filter(
+            delivery_id__in=by_id, active=True
+        ).values_list("id", "delivery_id", "email")
     ]
     Notification.objects.bulk_create(rows, ignore_conflicts=True)
     ids = [row.id for row in rows]

@@ -1,4 +1,4 @@
-"""Inserts on the hot paths (accepting and assigning deliveries), each model's INSERT compiled once.
+"""Writes on the hot paths (accepting and assigning deliveries): each INSERT compiled once.
 
 Django compiles every INSERT anew, field by field: for a delivery that costs more than running
 the statement. For the same model and database the statement never changes, only its values,
@@ -11,10 +11,11 @@ does not read back database-generated values: a model with an auto-increment pri
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from django.db import connections, transaction
-from django.db.models import Model
+from django.db.models import Field, Model
 from django.db.models.sql import InsertQuery
 
 _statements: dict[tuple[str, type[Model]], tuple[str, list[Any]]] = {}
@@ -120,3 +121,28 @@ def one_statement(statements: list[Statement], *, unless: Statement | None = Non
 def insert(*instances: Model, using: str = "default") -> None:
     """Insert `instances` as new rows, like `instance.save(force_insert=True)` for each."""
     execute(prepare_insert(*instances, using=using), using=using)
+
+
+def update_rows(instances: Sequence[Model], fields: list[str], *, using: str = "default") -> None:
+    """Write these fields of each instance to its row by primary key: one UPDATE per row, sent
+    together (executemany: psycopg pipelines them, one round trip), where Django's
+    bulk_update builds a CASE per field and row, whose compilation cost more than the writes
+    for a round of assignments. The instances must all be of one model."""
+    if not instances:
+        return
+    connection = connections[using]
+    meta = instances[0]._meta
+    columns = [cast("Field[Any, Any]", meta.get_field(name)) for name in fields]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608  # nosec B608 # quoted names only
+        quote(meta.db_table),
+        ", ".join(f"{quote(f.column or f.name)} = %s" for f in columns),
+        quote(meta.pk.column or "id"),
+    )
+    rows = [
+        [f.get_db_prep_save(getattr(i, f.attname), connection) for f in columns]
+        + [meta.pk.get_db_prep_value(i.pk, connection)]
+        for i in instances
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)

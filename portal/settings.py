@@ -502,6 +502,9 @@ IDEMPOTENCY_TTL_SECONDS = envint("IDEMPOTENCY_TTL_SECONDS", 24 * 3600)
 DELIVERY_ASSIGN_TIMEOUT_SECONDS = envint("DELIVERY_ASSIGN_TIMEOUT_SECONDS", 2 * 3600)
 DELIVERY_RETRY_BASE_SECONDS = float(envstr("DELIVERY_RETRY_BASE_SECONDS") or 2)
 DELIVERY_RETRY_MAX_SECONDS = float(envstr("DELIVERY_RETRY_MAX_SECONDS") or 60)
+# How many deliveries one workflow message assigns at most, taking new ones whose messages are
+# still queued (deliveries.services.deliveries_assign_round); 1 assigns one by one.
+DELIVERY_ASSIGN_ROUND = envint("DELIVERY_ASSIGN_ROUND", 16)
 # A workflow message delivered this many times without finishing (its worker killed each time)
 # fails its delivery for operators to see, below Service Bus's MaxDeliveryCount (10) and the
 # RabbitMQ quorum queue's x-delivery-limit, which dead-letter it (README, production checklist).

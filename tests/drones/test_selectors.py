@@ -284,3 +284,30 @@ def test_drones_that_only_seem_able_do_not_hide_one_that_is() -> None:
     able = drone(model, home, at=offset(HERE, north_km=-1.2))
 
     assert best() == able
+
+
+def test_on_postgresql_the_search_is_prepared_and_its_text_the_same_whatever_it_excludes() -> None:
+    """The search runs as a prepared statement (drones.selectors._fetch) whose text does not
+    change with the drones passed over, and psycopg keeps its parse of long texts (the module
+    settings that _fetch raises exist)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's; SQLite runs the search as it is")
+    from psycopg import _queries
+
+    from drones.selectors import _not_in
+
+    assert isinstance(_queries.MAX_CACHED_STATEMENT_LENGTH, int)
+    assert isinstance(_queries.MAX_CACHED_STATEMENT_PARAMS, int)
+    model = drone_model()
+    drones = [drone(model, base(offset(HERE, east_km=0.3 * i))) for i in range(4)]
+    assert _not_in("id", frozenset())[0] == _not_in("id", frozenset(d.pk for d in drones))[0]
+    # Excluding the best in turn gives the next, through the prepared statement each time.
+    seen = []
+    for _ in drones:
+        found = best(exclude=frozenset(seen))
+        assert found is not None and found.pk not in seen
+        seen.append(found.pk)
+    assert best(exclude=frozenset(seen)) is None
+    assert _queries.MAX_CACHED_STATEMENT_LENGTH >= 1 << 16
