@@ -77,7 +77,8 @@ def test_one_message_assigns_its_delivery_and_the_new_ones_behind_it(tenant: Ten
         delivery.refresh_from_db()
         assert delivery.status == "assigned", delivery
         assert delivery.pickup_eta is not None and delivery.dropoff_eta is not None
-        assert len(delivery.route["to_pickup"]) >= 2 and len(delivery.route["to_dropoff"]) >= 2
+        route = delivery.route or {}
+        assert len(route["to_pickup"]) >= 2 and len(route["to_dropoff"]) >= 2
         # The package document, the event with the drone's place, the email to send.
         assert package_get(package_id=delivery.package_id) is not None
         event = DeliveryEvent.objects.get(delivery=delivery, status="assigned")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -304,7 +305,7 @@ def test_on_postgresql_the_search_is_prepared_and_its_text_the_same_whatever_it_
     drones = [drone(model, base(offset(HERE, east_km=0.3 * i))) for i in range(4)]
     assert _not_in("id", frozenset())[0] == _not_in("id", frozenset(d.pk for d in drones))[0]
     # Excluding the best in turn gives the next, through the prepared statement each time.
-    seen = []
+    seen: list[Any] = []
     for _ in drones:
         found = best(exclude=frozenset(seen))
         assert found is not None and found.pk not in seen
