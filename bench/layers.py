@@ -37,12 +37,13 @@ REQUEST_LAYERS = [
 ]
 WORKFLOW_LAYERS = [
     ("package document (MongoDB upsert)", "packages/services.py", "package_upsert"),
-    ("delivery_assign", "deliveries/services.py", "delivery_assign"),
-    ("  of which the search", "drones/selectors.py", "drone_plan_best"),
-    ("  of which the claim", "drones/services.py", "drone_claim"),
-    ("  of which the status change + event", "deliveries/lifecycle.py", "delivery_move"),
-    ("  of which live status (Redis)", "deliveries/live.py", "status_write"),
-    ("  of which stage emails recorded", "notifications/services.py", "notifications_record"),
+    ("a round (this delivery and new ones)", "deliveries/services.py", "deliveries_assign_round"),
+    ("  of which their package documents", "packages/services.py", "packages_upsert"),
+    ("  of which the searches", "drones/selectors.py", "drone_plan_best"),
+    ("  of which booking the drones", "drones/services.py", "drones_claim"),
+    ("  of which the status changes + events", "deliveries/lifecycle.py", "deliveries_assign"),
+    ("  of which stage emails recorded", "notifications/services.py", "notifications_record_many"),
+    ("one by one (delivery_assign)", "deliveries/services.py", "delivery_assign"),
 ]
 
 

@@ -679,15 +679,17 @@ def deliveries_assign_round(*, first: Delivery, attempt: int) -> AssignOutcome |
     recorded in one transaction of a few statements (drones_claim, lifecycle.deliveries_assign).
     Their own messages then find them assigned and stop.
 
-    Only the plain case is done here: a delivery with no drone free, no route, a deadline it
-    would miss or a drone taken meanwhile is left as it was, to its own message (the one-by-one
-    path, delivery_assign). Returns `first`'s outcome when it was assigned, else None (and the
-    caller takes the one-by-one path).
+    Only the plain case is done here: a delivery with no drone free, no route or a deadline it
+    would miss is left as it was, to its own message (the one-by-one path, delivery_assign);
+    one whose drone another worker booked first searches again, up to ROUND_PASSES times.
+    Returns `first`'s outcome when it was assigned, else None (and the caller takes the
+    one-by-one path).
 
-    The others are taken by a conditional write of a mark (next_attempt_at, a time of its own;
-    SKIP LOCKED where rows can be locked), so that concurrent rounds take different ones and a
-    delivery taken once is not taken again by another round; its own message still comes.
-    Should a worker die mid-round, the deliveries' messages are still queued.
+    The others are read with SKIP LOCKED (where rows can be locked) and marked in the same
+    short transaction (next_attempt_at, ROUND_MARK_SECONDS ahead), so that concurrent rounds
+    take different ones and a delivery taken once is not taken by another round; its own
+    message still comes. Should a worker die mid-round, the deliveries' messages are still
+    queued.
     """
     size = settings.DELIVERY_ASSIGN_ROUND
     if (
