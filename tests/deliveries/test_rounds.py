@@ -18,32 +18,23 @@ from django.utils import timezone
 
 from deliveries import services
 from deliveries.models import Delivery, DeliveryEvent
-from drones.geo import Point
 from drones.models import Drone
 from notifications.models import Notification
 from packages.selectors import package_get
 from portal.celery import app
 from tests.conftest import Tenant, make_fleet
+from tests.deliveries.test_services import request
 from workers.tasks import delivery_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def request(**overrides: Any) -> services.DeliveryRequest:
-    fields: dict[str, Any] = {
-        "pickup": services.Place(Point(lat=47.6097, lon=-122.3422)),
-        "dropoff": services.Place(Point(lat=47.6205, lon=-122.3493)),
-        "package_size": "small",
-        "package_weight_kg": 2.0,
-        "recipient": {"name": "Ada", "email": "ada@example.com"},
-    }
-    fields.update(overrides)
-    return services.DeliveryRequest(**fields)
-
-
 def create(tenant: Tenant, count: int, **overrides: Any) -> list[Delivery]:
     made = [
-        services.delivery_create(business_id=tenant.business.id, request=request(**overrides))
+        services.delivery_create(
+            business_id=tenant.business.id,
+            request=request(recipient={"name": "Ada", "email": "ada@example.com"}, **overrides),
+        )
         for _ in range(count)
     ]
     app.control.purge()  # the tests run the messages' bodies themselves
