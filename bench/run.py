@@ -1121,20 +1121,27 @@ def sub_bench(number: int, title: str, command: list[str], environ: dict[str, st
 ASSIGNED_NOTE = r"^drone [^ ]+$"
 
 
+def assignment_events(business_ids: list[Any]) -> Any:
+    """The stage changes to `assigned` of these businesses' deliveries (not the flags)."""
+    from deliveries.models import Delivery, DeliveryEvent
+
+    return DeliveryEvent.objects.filter(
+        delivery__business_id__in=business_ids,
+        status=Delivery.Status.ASSIGNED,
+        note__regex=ASSIGNED_NOTE,
+    )
+
+
 def assigned_more_than_once(business_ids: list[Any]) -> tuple[int, int]:
     """Of these businesses' deliveries: how many were assigned more than once, and how many
     drones hold more than one delivery under way. Both 0 when nothing was lost to speed."""
     from django.db.models import Count
 
     from deliveries.lifecycle import FINISHED
-    from deliveries.models import Delivery, DeliveryEvent
+    from deliveries.models import Delivery
 
     assigned_twice = (
-        DeliveryEvent.objects.filter(
-            delivery__business_id__in=business_ids,
-            status=Delivery.Status.ASSIGNED,
-            note__regex=ASSIGNED_NOTE,
-        )
+        assignment_events(business_ids)
         .values("delivery_id")
         .annotate(n=Count("pk"))
         .filter(n__gt=1)

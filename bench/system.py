@@ -61,11 +61,11 @@ sys.path.insert(0, str(BASE_DIR))
 
 from bench import cpu, load  # noqa: E402
 from bench.run import (  # noqa: E402
-    ASSIGNED_NOTE,
     CENTER,
     FLEET_RADIUS_KM,
     Stop,
     assigned_more_than_once,
+    assignment_events,
     chart_memory_limit_mib,
     delivery_bodies,
     keyed_requests,
@@ -337,21 +337,12 @@ def wait_for_simulator(system: System, drones: int, timeout: float = 45.0) -> No
 
 def waiting_and_assigned(business_ids: list[Any]) -> tuple[int, int, int]:
     """(stored, still requested, assigned at least once) of these businesses' deliveries."""
-    from deliveries.models import Delivery, DeliveryEvent
+    from deliveries.models import Delivery
 
     mine = Delivery.objects.filter(business_id__in=business_ids)
     stored = mine.count()
     waiting = mine.filter(status=Delivery.Status.REQUESTED).count()
-    assigned = (
-        DeliveryEvent.objects.filter(
-            delivery__business_id__in=business_ids,
-            status=Delivery.Status.ASSIGNED,
-            note__regex=ASSIGNED_NOTE,
-        )
-        .values("delivery_id")
-        .distinct()
-        .count()
-    )
+    assigned = assignment_events(business_ids).values("delivery_id").distinct().count()
     return stored, waiting, assigned
 
 
@@ -429,13 +420,7 @@ def assignments(
 
     mine = Delivery.objects.filter(business_id__in=business_ids)
     created = dict(mine.values_list("pk", "created_at"))
-    # Stage changes to `assigned` only: a flag (its drone lost contact, back to normal) is an
-    # event of the current status too, with the attention as its note.
-    events = DeliveryEvent.objects.filter(
-        delivery__business_id__in=business_ids,
-        status=Delivery.Status.ASSIGNED,
-        note__regex=ASSIGNED_NOTE,
-    )
+    events = assignment_events(business_ids)  # not the flags
     first = dict(
         events.values("delivery_id").annotate(at=Min("at")).values_list("delivery_id", "at")
     )

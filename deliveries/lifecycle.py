@@ -193,8 +193,7 @@ def deliveries_assign(assignments: list[Assignment], *, at: datetime) -> list[De
     if not assignments:
         return []
     now = timezone.now()
-    moved = assignments
-    for a in moved:
+    for a in assignments:
         fields = {
             "status": Status.ASSIGNED,
             "version": a.delivery.version + 1,
@@ -204,8 +203,8 @@ def deliveries_assign(assignments: list[Assignment], *, at: datetime) -> list[De
         }
         for name, value in fields.items():
             setattr(a.delivery, name, value)
-    deliveries = [a.delivery for a in moved]
-    update_rows(deliveries, sorted(_ASSIGN_FIELDS | moved[0].changes.keys()))
+    deliveries = [a.delivery for a in assignments]
+    update_rows(deliveries, sorted(_ASSIGN_FIELDS | assignments[0].changes.keys()))
     DeliveryEvent.objects.bulk_create(
         DeliveryEvent(
             delivery=a.delivery,
@@ -216,10 +215,10 @@ def deliveries_assign(assignments: list[Assignment], *, at: datetime) -> list[De
             alt_m=a.position[2] if a.position else None,
             note=a.note[:300],
         )
-        for a in moved
+        for a in assignments
     )
     announce.stage_changed_together(deliveries, previous=Status.REQUESTED, at=at)
-    for a in moved:
+    for a in assignments:
         # A span per delivery, linked to its request's trace: each delivery's trace shows
         # the round that assigned it.
         with telemetry.linked(
@@ -231,9 +230,9 @@ def deliveries_assign(assignments: list[Assignment], *, at: datetime) -> list[De
             pass
     live.statuses_write_after_commit(
         (a.delivery.pk, a.delivery.version, at, live.status_of(a.delivery, a.position))
-        for a in moved
+        for a in assignments
     )
-    count = len(moved)
+    count = len(assignments)
     transaction.on_commit(lambda: metrics.DELIVERY_STAGE_CHANGES.inc(count, stage=Status.ASSIGNED))
     return deliveries
 

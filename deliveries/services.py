@@ -802,16 +802,17 @@ def _round_take(first_id: UUID, limit: int, now: datetime) -> list[Delivery]:
     return taken
 
 
-def delivery_status(delivery_id: UUID) -> str | None:
-    """The delivery's status, None if there is no such delivery: one short statement."""
+def delivery_state(delivery_id: UUID) -> tuple[str, int] | None:
+    """The delivery's status and attempt, None if there is no such delivery: one short
+    statement."""
     table = connection.ops.quote_name(Delivery._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT status FROM {table} WHERE id = %s",  # noqa: S608  # nosec B608 # a table name
+            f"SELECT status, attempts FROM {table} WHERE id = %s",  # noqa: S608  # nosec B608 # a table name
             [Delivery._meta.pk.get_db_prep_value(delivery_id, connection)],
         )
         row = cursor.fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 def _wait_or_give_up(delivery: Delivery, attempt: int, now: datetime, reason: str) -> AssignOutcome:

@@ -25,6 +25,7 @@ The models and bases are read once per call (they are few); nothing is cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -457,18 +458,25 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
     import psycopg
-    from psycopg import _queries
 
-    # psycopg parses a query's placeholders again on every call when its text is longer than
-    # 4 KB or its parameters more than 50, as the search's are (a few texts, called all the
-    # time): the parse cost the worker more than the rest of the search. Checked to exist by
-    # tests/drones/test_selectors.py, so that an upgrade of psycopg that drops it is seen.
-    _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 1 << 16)
-    _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 2048)
+    _keep_long_parses()
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params, prepare=True)
         return list(cursor.fetchall())
+
+
+@functools.cache
+def _keep_long_parses() -> None:
+    """psycopg parses a query's placeholders again on every call when its text is longer than
+    4 KB or its parameters more than 50, as the search's are (a few texts, called all the
+    time): the parse cost the worker more than the rest of the search. Raised once per
+    process; tests/drones/test_selectors.py checks that these settings of psycopg's exist, so
+    that an upgrade that drops them is seen."""
+    from psycopg import _queries
+
+    _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 1 << 16)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 2048)
 
 
 def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[Any]]:

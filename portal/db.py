@@ -136,8 +136,8 @@ def update_rows(instances: Sequence[Model], fields: list[str], *, using: str = "
     quote = connection.ops.quote_name
     sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608  # nosec B608 # quoted names only
         quote(meta.db_table),
-        ", ".join(f"{quote(f.column or f.name)} = %s" for f in columns),
-        quote(meta.pk.column or "id"),
+        ", ".join(f"{quote(cast(str, f.column))} = %s" for f in columns),
+        quote(cast(str, meta.pk.column)),
     )
     rows = [
         [f.get_db_prep_save(getattr(i, f.attname), connection) for f in columns]

@@ -166,17 +166,19 @@ def _delivered_too_often(task: Task, delivery_id: str) -> bool:
 
 
 def _delivery_process(delivery_id: UUID, attempt: int) -> str:
-    # get() rather than first(), which orders by the model's ordering: compiling that ORDER BY
-    # cost as much as the rest of the read.
     tracing.annotate(delivery_id=delivery_id, attempt=attempt)
     with tracing.step("load", delivery_id=delivery_id):
-        # Most messages find their delivery assigned already by another's round: their status
-        # alone says so, for less than loading the row through the ORM.
-        status = services.delivery_status(delivery_id)
-        if status is None:
+        # Most messages find their delivery assigned already by another's round: its status and
+        # attempt alone say so, for less than loading the row through the ORM.
+        state = services.delivery_state(delivery_id)
+        if state is None:
             return "gone"
-        if status != Delivery.Status.REQUESTED:
+        if state[0] != Delivery.Status.REQUESTED:
             return "done"
+        if state[1] != attempt:
+            return "stale"  # a newer attempt has its own message: one chain per delivery
+        # get() rather than first(), which orders by the model's ordering: compiling that
+        # ORDER BY cost as much as the rest of the read.
         try:
             delivery = Delivery.objects.get(pk=delivery_id)
         except Delivery.DoesNotExist:
