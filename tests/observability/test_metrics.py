@@ -78,6 +78,12 @@ def test_telemetry_moves_a_delivery_in_a_trace_linked_to_its_request_and_everyth
     assert takeoff.service == "fabrikam-web" and takeoff.trace_id != request.trace_id
     assert takeoff.attributes["delivery.id"] == delivery_id
     assert takeoff.links == ((request.trace_id, request.span_id),)
+    # The request's own span ends last, and may come in a later batch than the takeoff's.
+    wait_for(
+        lambda: any(s.kind == SERVER for s in otlp.trace(takeoff.trace_id)),
+        timeout=20,
+        what="the telemetry request's span",
+    )
     (report_span,) = [s for s in otlp.trace(takeoff.trace_id) if s.kind == SERVER]
     assert report_span.attributes["http.route"] == "api/v1/telemetry"
     assert (request.trace_id, request.span_id) in report_span.links
