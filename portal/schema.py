@@ -23,7 +23,10 @@ _ANY_ERRORS = {
     "413": "the body is over the size cap",
     "415": "the body is not JSON",
     "429": "rate limit, or too many failed authentications; see Retry-After",
-    "503": "a service it needs is briefly down; retry after Retry-After",
+    "503": (
+        "a service it needs is briefly down; retry after Retry-After, with the same "
+        "Idempotency-Key if one was sent (the request may have been stored as it went down)"
+    ),
 }
 
 

@@ -18,8 +18,12 @@ answer on 5672 or no vhost can be made, the run is on a Redis broker and says so
 PostgreSQL server the run is on SQLite and the database outage is left out, saying why: a cut
 needs a server.
 
-At the end, once every delivery is finished: every request answered 202 was delivered exactly
-once (one assignment, one `delivered`), no request refused was stored anyway, no drone held two
+A request refused (503 with Retry-After) is sent again with the same Idempotency-Key until it
+is accepted, as a client should: one refused while its commit was under way when the database
+went away had been stored, and the retry's answer replays it (the run counts those).
+
+At the end, once every delivery is finished: every request was accepted in the end and
+delivered exactly once (one assignment, one `delivered`), none stored twice, no drone held two
 deliveries at once (from the deliveries' events in the order the database wrote them), the live
 status the business reads says what the database says, no email arrived twice at the SMTP
 server, no event reached the webhook receiver under two webhook-ids, nothing failed, every
@@ -67,6 +71,9 @@ OUTAGE_SECONDS = float(os.environ.get("CHAOS_OUTAGE_SECONDS") or 3)
 # Between two outages the system catches its breath, so that they come in turn.
 RECOVERY_SECONDS = float(os.environ.get("CHAOS_RECOVERY_SECONDS") or max(2.0, OUTAGE_SECONDS / 3))
 RATE = float(os.environ.get("CHAOS_RATE") or 2)  # delivery requests per second
+# A refused request is sent again for this long, then counted as never accepted.
+RETRY_SECONDS = max(60.0, OUTAGE_SECONDS * 3)
+RETRIED = {503, None}
 DRONES = int(os.environ.get("CHAOS_DRONES") or 40)
 SPEEDUP = 60  # the simulator flies this many times faster than real time
 # How long the end may take to settle (deliveries flown, emails and webhooks sent).
@@ -205,11 +212,21 @@ class Answer:
     retry_after: str | None
     delivery_id: str | None
     detail: str
+    replayed: bool = False  # Idempotent-Replayed: an earlier try had stored it
+    retries: list[Answer] = field(default_factory=list)
+
+    @property
+    def last(self) -> Answer:
+        return self.retries[-1] if self.retries else self
 
 
 class Stream:
     """POST /api/v1/deliveries at a steady rate, each request numbered (its recipient's name),
-    every answer kept."""
+    every answer kept. Each carries an Idempotency-Key, and one refused or unanswered is sent
+    again after its Retry-After until it is accepted, as a business's client would: a request
+    whose commit was under way when the database went away may have been stored although its
+    answer was a 503, and the key makes the retry answer with that delivery rather than store a
+    second one."""
 
     def __init__(self, url: str, key: str, rate: float) -> None:
         self.url, self.key, self.rate = url, key, rate
@@ -219,6 +236,7 @@ class Stream:
         self.stopping = threading.Event()
         self.rng = random.Random(13)
         self.thread = threading.Thread(target=self._run, name="stream", daemon=True)
+        self.retrying = ThreadPoolExecutor(32, thread_name_prefix="retry")
 
     def body(self, seq: int) -> dict[str, Any]:
         def near(radius_km: float) -> dict[str, float]:
@@ -235,22 +253,34 @@ class Stream:
             "recipient": {"name": f"chaos {seq}", "email": f"r{seq}@chaos.example"},
         }
 
-    def _post(self, seq: int, phase: str, body: dict[str, Any]) -> None:
-        headers = {"Authorization": f"Api-Key {self.key}"}
+    def _send(self, seq: int, phase: str, body: dict[str, Any]) -> Answer:
+        headers = {"Authorization": f"Api-Key {self.key}", "Idempotency-Key": f"chaos-{seq}"}
         try:
             response = requests.post(self.url, json=body, headers=headers, timeout=15)
         except requests.RequestException as exc:
-            answer = Answer(seq, phase, None, None, None, f"{type(exc).__name__}: {exc}")
-        else:
-            delivery_id = None
-            if response.status_code == 202:
-                delivery_id = str(response.json().get("id"))
-            answer = Answer(
-                seq, phase, response.status_code, response.headers.get("Retry-After"),
-                delivery_id, response.text[:200],
-            )  # fmt: skip
+            return Answer(seq, phase, None, None, None, f"{type(exc).__name__}: {exc}")
+        delivery_id = None
+        if response.status_code == 202:
+            delivery_id = str(response.json().get("id"))
+        return Answer(
+            seq, phase, response.status_code, response.headers.get("Retry-After"),
+            delivery_id, response.text[:200],
+            replayed=response.headers.get("Idempotent-Replayed") == "true",
+        )  # fmt: skip
+
+    def _post(self, seq: int, phase: str, body: dict[str, Any]) -> None:
+        answer = self._send(seq, phase, body)
         with self.lock:
             self.answers.append(answer)
+        if answer.status in RETRIED:
+            self.retrying.submit(self._retry, answer, body, time.monotonic() + RETRY_SECONDS)
+
+    def _retry(self, first: Answer, body: dict[str, Any], until: float) -> None:
+        last = first
+        while last.status in RETRIED and time.monotonic() < until:
+            time.sleep(float(last.retry_after or 2))
+            last = self._send(first.seq, self.phase, body)
+            first.retries.append(last)
 
     def _run(self) -> None:
         with ThreadPoolExecutor(6, thread_name_prefix="post") as pool:
@@ -266,6 +296,7 @@ class Stream:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=60)
+        self.retrying.shutdown(wait=True)
 
 
 class Probes:
@@ -620,7 +651,7 @@ def live_statuses(base: str, key: str, answers: list[Answer]) -> dict[str, str]:
     session = requests.Session()
     session.headers["Authorization"] = f"Api-Key {key}"
     statuses = {}
-    for answer in answers:
+    for answer in (a.last for a in answers):
         if answer.status == 202 and answer.delivery_id:
             url = f"{base}/api/v1/deliveries/{answer.delivery_id}/status"
             response = session.get(url, timeout=10)
@@ -639,16 +670,23 @@ def verdict(
 ) -> tuple[list[str], list[str]]:
     """The counts to print, and what went wrong."""
     failures: list[str] = []
-    accepted = [a for a in answers if a.status == 202 and a.delivery_id]
+    # Each request's first answer, and where its retries ended.
+    first_accepted = [a for a in answers if a.status == 202 and a.delivery_id]
     refused = [a for a in answers if a.status == 503 and a.retry_after]
-    other = [a for a in answers if a not in accepted and a not in refused]
+    other = [a for a in answers if a not in first_accepted and a not in refused]
+    other += [r for a in answers for r in a.retries if r.status not in (202, 503)]
     by_phase: dict[str, Counter[str]] = defaultdict(Counter)
     for a in answers:
-        kind = "accepted" if a in accepted else "refused" if a in refused else "other"
+        kind = "accepted" if a in first_accepted else "refused" if a in refused else "other"
         by_phase[a.phase][kind] += 1
+    accepted = [a.last for a in answers if a.last.status == 202 and a.last.delivery_id]
+    accepted_on_retry = [a for a in answers if a.retries and a.last in accepted]
+    replayed = [a for a in accepted_on_retry if a.last.replayed]
+    never_accepted = {a.seq for a in answers if a.last not in accepted}
 
     deliveries = {d["id"]: d for d in world["deliveries"]}
-    seq_of = {d["recipient_name"]: d["id"] for d in world["deliveries"]}
+    stored = Counter(d["recipient_name"] for d in world["deliveries"])
+    stored_twice = sorted(name for name, n in stored.items() if n > 1)
     events: dict[str, Counter[str]] = defaultdict(Counter)
     for event in world["events"]:
         events[event["delivery_id"]][event["status"]] += 1
@@ -673,13 +711,12 @@ def verdict(
         for i in deliveries
         if events[i]["delivered"] > 1 or events[i]["assigned"] > 1
     ]
-    unanswered = {a.seq for a in refused + other}
-    stored_anyway = sorted(seq for seq in unanswered if f"chaos {seq}" in seq_of)
+    stored_anyway = sorted(seq for seq in never_accepted if f"chaos {seq}" in stored)
     unknown = [
         d["id"]
         for d in world["deliveries"]
         if d["id"] not in set(accepted_ids)
-        and int(d["recipient_name"].split()[-1]) not in unanswered
+        and int(d["recipient_name"].split()[-1]) not in never_accepted
     ]
     failed = [
         (d["id"], d["failure_reason"]) for d in world["deliveries"] if d["status"] == "failed"
@@ -704,8 +741,8 @@ def verdict(
     errors = server_errors(web_log)
 
     report = [
-        f"answers: {len(answers)}: {len(accepted)} accepted (202), {len(refused)} refused "
-        f"(503 with Retry-After), {len(other)} other",
+        f"requests: {len(answers)}: {len(first_accepted)} accepted (202), {len(refused)} "
+        f"refused (503 with Retry-After), {len(other)} other answers",
         "answers by phase: "
         + "; ".join(
             f"{phase} {c['accepted']}/{c['refused']}/{c['other']}" for phase, c in by_phase.items()
@@ -714,8 +751,11 @@ def verdict(
         f"accepted and delivered exactly once: {len(delivered_once)} of {len(accepted)}; "
         f"not delivered: {len(not_delivered)}; lost: {len(lost)}; delivered or assigned more "
         f"than once: {len(twice)}; failed: {len(failed)}",
-        f"refused but stored anyway: {len(stored_anyway)}; stored without a 202 or a refusal: "
-        f"{len(unknown)}",
+        f"refused, then accepted when sent again with the same Idempotency-Key: "
+        f"{len(accepted_on_retry)} ({len(replayed)} replayed: the refused try had been stored); "
+        f"never accepted: {len(never_accepted)}",
+        f"never accepted but stored: {len(stored_anyway)}; stored twice: {len(stored_twice)}; "
+        f"stored without a request: {len(unknown)}",
         f"drones booked twice: {len(clashes)}; deliveries flagged for a drone that lost "
         f"contact: {len(flagged)}",
         f"live status (GET .../status) other than the database's: {len(stale)}",
@@ -732,8 +772,10 @@ def verdict(
         ("accepted deliveries not stored", lost),
         ("accepted deliveries not delivered", not_delivered),
         ("deliveries delivered or assigned more than once", twice),
-        ("refused requests stored anyway", stored_anyway),
-        ("deliveries stored without an answer", unknown),
+        ("requests never accepted", sorted(never_accepted)),
+        ("requests never accepted but stored", stored_anyway),
+        ("requests stored twice", stored_twice),
+        ("deliveries stored without a request", unknown),
         ("failed deliveries", failed),
         ("drones booked twice", clashes),
         ("live statuses other than the database's (API, database)", stale),
