@@ -8,7 +8,7 @@ bases with many drones each, idle drones waiting where they live. It runs in two
    finds a free drone with that battery (the fullest). Pairs are probed in order of arrival
    time, a few per query, and the first query that finds any drone has the best of them.
 2. Free drones anywhere else (landed elsewhere, not back yet). They are searched in a box
-   around the pickup, skipping the drones at their base (already counted) from the index alone,
+   around the pickup, through an index of drones away from their base alone (Drone.away),
    ordered by an arithmetic (trigonometry-free, so portable) estimate of the time to the pickup,
    with a LIMIT; the rows are checked exactly in Python. The box is just wide enough to hold
    every drone that could beat step 1's time, and grows, or the limit does, only when the best
@@ -486,7 +486,8 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     db_uuid = _uuid_param()
     lat0, lon0 = trip.pickup.lat, trip.pickup.lon
     dlat_deg = math.degrees(half_width_km / EARTH_RADIUS_KM)
-    where = ["state = %s", "assigned_delivery_id IS NULL", "lat >= %s", "lat <= %s"]
+    # "assigned_delivery_id IS NULL AND away": the search index's own condition, word for word.
+    where = ["state = %s", "assigned_delivery_id IS NULL", "away", "lat >= %s", "lat <= %s"]
     params: list[Any] = [Drone.State.IDLE.value, lat0 - dlat_deg, lat0 + dlat_deg]
     # A point at a longitude difference of at least L is at least asin(cos(lat0)·sin(L)) away
     # (its distance to the meridian that bounds it), so this box loses no drone closer than
@@ -499,12 +500,9 @@ def _away_sql(trip: _Trip, half_width_km: float, limit: int) -> tuple[str, list[
     models, bases = list(trip.models.values()), list(trip.to_base)
     where.append(f"model_id IN ({', '.join(['%s'] * len(models))})")
     params += [db_uuid(m.id) for m in models]
-    # Step 1 counted the drones at their base; this is checked from the index alone. (No
-    # "base_id IN": the planner would then scan every drone of those bases by the other index;
-    # a drone of another base gets no budget below and is left out all the same.)
-    where.append(f"NOT ({' OR '.join(['(base_id = %s AND lat = %s AND lon = %s)'] * len(bases))})")
-    for base_id in bases:
-        params += [db_uuid(base_id), trip.homes[base_id].lat, trip.homes[base_id].lon]
+    # Step 1 counted the drones at their base, which `away` leaves out (the index holds only
+    # the others). No "base_id IN": a drone of another base gets no budget below and is left
+    # out all the same.
     not_in, excluded = _not_in("id", trip.exclude)
     where.append(not_in.removeprefix("AND ") or "1 = 1")
     params += excluded

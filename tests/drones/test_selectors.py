@@ -312,3 +312,77 @@ def test_on_postgresql_the_search_is_prepared_and_its_text_the_same_whatever_it_
         seen.append(found.pk)
     assert best(exclude=frozenset(seen)) is None
     assert _queries.MAX_CACHED_STATEMENT_LENGTH >= 1 << 16
+
+
+def test_drones_know_their_home_and_whether_they_are_away_from_it() -> None:
+    """`away` is the database's: true whenever a drone is not at its base's position, however
+    the position, the base's position or the drone's base changed."""
+    model = drone_model()
+    home = base(HERE)
+    landing = offset(HERE, north_km=1.0)
+    waiting = drone(model, home)
+    landed = drone(model, home, at=landing)
+    Drone.objects.bulk_create(
+        [Drone(serial="BULK-1", model=model, base=home, lat=home.lat, lon=home.lon)]
+    )
+
+    def away() -> dict[str, bool]:
+        return dict(Drone.objects.values_list("serial", "away"))
+
+    assert away() == {waiting.serial: False, landed.serial: True, "BULK-1": False}
+    # A position written by an UPDATE, as telemetry writes it.
+    Drone.objects.filter(pk=waiting.pk).update(lat=home.lat + 0.01)
+    assert away()[waiting.serial] is True
+    Drone.objects.filter(pk=waiting.pk).update(lat=home.lat)
+    # The base moved to where the landed drone is: that one is home now, the others away.
+    home.lat, home.lon = landing.lat, landing.lon
+    home.save()
+    assert away() == {waiting.serial: True, landed.serial: False, "BULK-1": True}
+    # A drone given another base is away until it gets there.
+    other = base(offset(HERE, east_km=3.0))
+    landed.base = other
+    landed.save()
+    assert away()[landed.serial] is True
+    assert Drone.objects.filter(pk=landed.pk, home_lat=other.lat, home_lon=other.lon).exists()
+
+
+def test_the_search_of_drones_away_from_home_reads_its_own_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Step 2's query matches the partial index of drones away from home (drone_free_away_idx),
+    so the 2,000 drones waiting at a base in its box never weigh on it."""
+    from django.db import connection
+
+    from drones import selectors
+
+    model = drone_model()
+    home = base(offset(HERE, north_km=1.0))  # within the box the search reads
+    for i in range(3):
+        drone(model, home, at=offset(HERE, east_km=i + 1.0))
+    Drone.objects.bulk_create(
+        Drone(serial=f"HOME-{i:04d}", model=model, base=home, lat=home.lat, lon=home.lon)
+        for i in range(2000)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")  # the statistics a fleet's database has
+    searches: list[tuple[str, list[Any]]] = []
+    fetch = selectors._fetch
+
+    def kept(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        searches.append((sql, params))
+        return fetch(sql, params)
+
+    monkeypatch.setattr(selectors, "_fetch", kept)
+    assert best() is not None
+    sql, params = next((s, p) for s, p in searches if "'away'" in s)
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        with psycopg.Cursor(connection.connection) as server_bound:
+            server_bound.execute("EXPLAIN " + sql, params)
+            plan = "\n".join(row[0] for row in server_bound.fetchall())
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = "\n".join(str(row) for row in cursor.fetchall())
+    assert "drone_free_away_idx" in plan, plan
