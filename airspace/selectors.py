@@ -4,13 +4,22 @@
 Airspace it built (zones projected, buffered and indexed once) and rebuilds it only when a zone
 changed: the services INCR the Redis counter `airspace:version` after each committed change,
 and this reads it at most once a second.
+
+An Airspace fills caches as routes are planned (projected zones, merged obstacles, the edges
+between them), and its first thousand routes cost about twice what later ones do. A rebuild
+that finds the same zones (the rebuild due every minute, a zone switched off and on again)
+takes the Airspace built before for them, caches and all: processes keep the last
+KEEP_AIRSPACES, by what they hold.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -36,6 +45,9 @@ FALLBACK_REBUILD_SECONDS = 5.0
 # lost (Redis down at that moment, or restarted and its counter back at an old value) still
 # reaches every process within a minute.
 MAX_AGE_SECONDS = 60.0
+
+# Airspaces a process keeps, by their zones and margin: the one in use and the one before.
+KEEP_AIRSPACES = 2
 
 # The monotonic clock the cache goes by (tests move it forward instead of sleeping).
 clock: Callable[[], float] = time.monotonic
@@ -87,6 +99,7 @@ class _Built:
 
 _built: _Built | None = None
 _refreshing = threading.Lock()
+_kept: OrderedDict[str, Airspace] = OrderedDict()
 
 
 def airspace_get() -> Airspace:
@@ -112,6 +125,7 @@ def airspace_cache_clear() -> None:
     """Forget this process's airspace: the next `airspace_get()` rebuilds it (tests)."""
     global _built
     _built = None
+    _kept.clear()
 
 
 def _refresh() -> _Built:
@@ -162,5 +176,20 @@ def _build(*, version: int | None, now: float, next_check: float) -> _Built:
         for zone in zones_active().only("id", "name", "geometry", "valid_from", "valid_until")
     ]
     margin_m = float(getattr(settings, "AIRSPACE_MARGIN_M", 50.0))
-    airspace = Airspace(zones, margin_m=margin_m)
+    key = _key(zones, margin_m)
+    airspace = _kept.pop(key, None) or Airspace(zones, margin_m=margin_m)
+    _kept[key] = airspace  # the newest last
+    while len(_kept) > KEEP_AIRSPACES:
+        _kept.popitem(last=False)
     return _Built(airspace=airspace, version=version, built_at=now, next_check=next_check)
+
+
+def _key(zones: list[Zone], margin_m: float) -> str:
+    """What an Airspace is made of (its zones, in their order, and the margin), as a digest."""
+    made_of = [[z.id, z.name, z.geometry, _iso(z.valid_from), _iso(z.valid_until)] for z in zones]
+    text = json.dumps([margin_m, made_of], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()

@@ -177,3 +177,54 @@ def test_the_margin_comes_from_the_settings(settings: Any) -> None:
     settings.AIRSPACE_MARGIN_M = 500.0
     selectors.airspace_cache_clear()
     assert len(airspace_get().route(south, north)) > 2
+
+
+def test_a_rebuild_that_finds_the_same_zones_keeps_the_airspace_and_its_caches(
+    clock: Clock, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        west, _ = zone_upsert(name="West", reason="stadium", geometry=square(-122.35, 47.60))
+    first = airspace_get()
+    # A route around the zone fills the airspace's caches (its area, the zone's obstacle).
+    assert len(first.route(Point(47.605, -122.37), Point(47.605, -122.33))) > 2
+    assert first._areas
+
+    clock.now += 61  # the rebuild due every minute, with nothing changed
+    assert airspace_get() is first
+
+    # Switched off, then on again: the airspace without it, then the one with it once more.
+    with django_capture_on_commit_callbacks(execute=True):
+        zones_activate(zone_ids=[west.pk], active=False)
+    clock.now += 1.01
+    without = airspace_get()
+    assert without is not first and without.zone_at(IN_WEST) is None
+    with django_capture_on_commit_callbacks(execute=True):
+        zones_activate(zone_ids=[west.pk], active=True)
+    clock.now += 1.01
+    assert airspace_get() is first
+
+    # The same zones with another shape make another airspace; the process keeps two.
+    with django_capture_on_commit_callbacks(execute=True):
+        zone_upsert(name="West", reason="stadium", geometry=square(-122.30, 47.60))
+    clock.now += 1.01
+    moved = airspace_get()
+    assert moved is not first and moved.zone_at(IN_EAST) is not None
+    assert moved.zone_at(IN_WEST) is None
+    with django_capture_on_commit_callbacks(execute=True):
+        zones_activate(zone_ids=[west.pk], active=False)
+    clock.now += 1.01
+    assert airspace_get() is not without  # three sets since: the one without it was let go
+    assert len(selectors._kept) == selectors.KEEP_AIRSPACES
+
+
+def test_the_kept_airspaces_are_told_apart_by_margin(settings: Any) -> None:
+    zone_upsert(name="West", reason="stadium", geometry=square(-122.35, 47.60))
+    settings.AIRSPACE_MARGIN_M = 50.0
+    narrow = airspace_get()
+    settings.AIRSPACE_MARGIN_M = 500.0
+    selectors._built = None  # the next call rebuilds, keeping what was built
+    wide = airspace_get()
+    assert wide is not narrow and wide.margin_m == 500.0
+    settings.AIRSPACE_MARGIN_M = 50.0
+    selectors._built = None
+    assert airspace_get() is narrow
