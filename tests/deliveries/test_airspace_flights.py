@@ -108,6 +108,11 @@ def test_a_pickup_or_dropoff_inside_a_zone_is_422_naming_it(
     assert swapped.json()["error"]["message"] == (
         "the dropoff lies inside the no-fly zone 'Lumen Field'"
     )
+    # Both stops inside zones: the pickup is named.
+    zone("Pier 57", square(DROPOFF, 0.3), on_commit=django_capture_on_commit_callbacks)
+    both = tenant.client.post_json("/api/v1/deliveries", body(DROPOFF, PICKUP))
+    assert both.status_code == 422
+    assert both.json()["error"]["message"] == "the pickup lies inside the no-fly zone 'Pier 57'"
 
 
 def test_a_straight_line_across_a_zone_is_routed_around_it_and_priced_for_the_detour(
