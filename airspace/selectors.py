@@ -177,7 +177,9 @@ def _build(*, version: int | None, now: float, next_check: float) -> _Built:
     ]
     margin_m = float(getattr(settings, "AIRSPACE_MARGIN_M", 50.0))
     key = _key(zones, margin_m)
-    airspace = _kept.pop(key, None) or Airspace(zones, margin_m=margin_m)
+    airspace = _kept.pop(key, None)
+    if airspace is None:
+        airspace = Airspace(zones, margin_m=margin_m)
     _kept[key] = airspace  # the newest last
     while len(_kept) > KEEP_AIRSPACES:
         _kept.popitem(last=False)

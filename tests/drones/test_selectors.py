@@ -344,6 +344,13 @@ def test_drones_know_their_home_and_whether_they_are_away_from_it() -> None:
     landed.save()
     assert away()[landed.serial] is True
     assert Drone.objects.filter(pk=landed.pk, home_lat=other.lat, home_lon=other.lon).exists()
+    # Moved to another base by an UPDATE: the home follows, so the drone waiting at its old
+    # base (step 1 no longer finds it there) is away, for step 2 to find.
+    Drone.objects.filter(pk=waiting.pk).update(base=other)
+    assert away()[waiting.serial] is True
+    assert Drone.objects.filter(pk=waiting.pk, home_lat=other.lat, home_lon=other.lon).exists()
+    Drone.objects.filter(pk=waiting.pk).update(base_id=home.pk, lat=home.lat, lon=home.lon)
+    assert away()[waiting.serial] is False
 
 
 def test_the_search_of_drones_away_from_home_reads_its_own_index(
