@@ -42,6 +42,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
+from django.db.models.fields.tuple_lookups import Tuple, TupleIn
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -414,12 +415,15 @@ def _streams_next(after: list[tuple[UUID, UUID, int]], limit: int) -> Claim:
     # Found by the stream's own index (endpoint, delivery, sequence + 1), not by scanning every
     # due message: a sequence has no gaps. Still only when due (no earlier one pending, as
     # after a resend of an older message).
+    # One row-value IN, `(endpoint_id, delivery_id, sequence) IN ((...), ...)`, rather than an
+    # OR of a Q per stream: building and compiling 25 Qs cost more than the query itself.
     if not after:
         return Claim([])
-    following = Q()
-    for endpoint_id, delivery_id, sequence in after:
-        following |= Q(endpoint_id=endpoint_id, delivery_id=delivery_id, sequence=sequence + 1)
-    return _claim(_due().filter(following), limit)
+    stream = Tuple(F("endpoint_id"), F("delivery_id"), F("sequence"))
+    following = [
+        (endpoint_id, delivery_id, sequence + 1) for endpoint_id, delivery_id, sequence in after
+    ]
+    return _claim(_due().filter(TupleIn(stream, following)), limit)
 
 
 def webhook_messages_claim(
