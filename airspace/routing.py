@@ -361,6 +361,9 @@ class Airspace:
         self._radius = (self.margin_m + EPS_M) * CHORD_FACTOR
         self._shapes = np.array([zone_shape(z.geometry) for z in self.zones], dtype=object)
         self._tree = shapely.STRtree(self._shapes)
+        # Every zone's box together (west, south, east, north): a line far from all of them
+        # skips the index (a fleet in a city without zones asks only this).
+        self._extent = tuple(shapely.total_bounds(self._shapes).tolist()) if zones else ()
         self._from = np.array([_stamp(z.valid_from, -math.inf) for z in self.zones])
         self._until = np.array([_stamp(z.valid_until, math.inf) for z in self.zones])
         self._windows = bool(np.isfinite(self._from).any() or np.isfinite(self._until).any())
@@ -514,8 +517,18 @@ class Airspace:
         """Active zones that may lie within `metres` of a WGS84 polyline (a superset)."""
         if not self.zones:
             return np.empty(0, dtype=np.intp)
-        lat = lonlat[:, 1]
-        distance = _degrees(float(lat.min()), float(lat.max()), metres)
+        lon, lat = lonlat[:, 0], lonlat[:, 1]
+        south, north = float(lat.min()), float(lat.max())
+        # Degrees of longitude: at least as many as of latitude for the same metres.
+        distance = _degrees(south, north, metres)
+        west, zones_south, east, zones_north = self._extent
+        if (
+            float(lon.min()) > east + distance
+            or float(lon.max()) < west - distance
+            or south > zones_north + distance
+            or north < zones_south - distance
+        ):
+            return np.empty(0, dtype=np.intp)
         found = self._tree.query(
             shapely.linestrings(lonlat), predicate="dwithin", distance=distance
         )

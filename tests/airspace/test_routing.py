@@ -93,6 +93,36 @@ def test_with_no_zones_every_route_is_straight() -> None:
     assert Airspace([]).route(WEST, EAST) == [WEST, EAST]
 
 
+def test_a_route_far_from_every_zone_is_straight() -> None:
+    # Beyond the zones' extent the index is not asked at all (Airspace._near).
+    airspace = Airspace([box("stadium", -100, -100, 100, 100)], margin_m=MARGIN)
+    far_west, far_east = at(-80_000, 50_000), at(-60_000, 50_000)
+
+    assert airspace.route(far_west, far_east) == [far_west, far_east]
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ((-500, 140), (500, 140)),  # along the north side, 40 m out
+        ((-500, -140), (500, -140)),  # the south side
+        ((140, -500), (140, 500)),  # the east side
+        ((-140, -500), (-140, 500)),  # the west side
+    ],
+)
+def test_a_line_just_outside_the_zones_extent_still_keeps_the_margin(
+    a: tuple[float, float], b: tuple[float, float]
+) -> None:
+    # The check of the zones' extent must not skip a zone within the margin of the line.
+    zone = box("stadium", -100, -100, 100, 100)
+    airspace = Airspace([zone], margin_m=MARGIN)
+
+    route = airspace.route(at(*a), at(*b))
+
+    assert len(route) > 2
+    assert clearance_m(route, [zone]) >= MARGIN - 0.5
+
+
 # --- detours -----------------------------------------------------------------------------------
 
 
