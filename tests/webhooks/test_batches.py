@@ -75,6 +75,32 @@ def test_a_stream_drains_batch_after_batch_in_order(tenant: Tenant, receiver: Re
         assert stream == ["delivery.assigned", "delivery.picked_up", "delivery.delivered"]
 
 
+def test_the_next_of_a_stream_is_claimed_only_when_pending_and_due(
+    tenant: Tenant, receiver: Receiver
+) -> None:
+    # The stream's next message is looked up by its key and checked on the locked row: one
+    # waiting out a backoff, or no longer pending, stays where it is.
+    endpoint_for(tenant, receiver)
+    ready, later, done = (fly(make_delivery(tenant)) for _ in range(3))
+
+    def second(delivery: Delivery) -> WebhookMessage:
+        return WebhookMessage.objects.filter(delivery_id=delivery.pk).order_by("sequence")[1]
+
+    WebhookMessage.objects.filter(pk=second(later).pk).update(
+        next_attempt_at=timezone.now() + timedelta(minutes=5)
+    )
+    WebhookMessage.objects.filter(pk=second(done).pk).update(status=WebhookMessage.Status.FAILED)
+    claim = services.webhooks_claim()
+    assert len(claim.ids) == 3 and claim.until is not None
+
+    following = services.webhook_batch_send(message_ids=claim.ids, claimed_until=claim.until)
+
+    assert following.ids == [second(ready).pk]
+    assert following.until is not None
+    assert second(ready).next_attempt_at == following.until  # leased to this sender
+    assert second(later).next_attempt_at > timezone.now() + timedelta(minutes=4)
+
+
 def test_connections_to_a_receiver_are_kept_between_messages_and_batches(
     tenant: Tenant, receiver: Receiver
 ) -> None:
