@@ -75,6 +75,7 @@ from bench.run import (  # noqa: E402
     on_sigterm,
     process,
     procfile_command,
+    vacuum_as_autovacuum_would,
     wait_http,
 )
 from devtools.localservices import free_port  # noqa: E402
@@ -361,6 +362,7 @@ def main() -> int:
                 # Held back until the fan-out: the dispatcher passes over inactive endpoints.
                 endpoints = WebhookEndpoint.objects.filter(business_id=business.pk)
                 endpoints.update(active=False)
+                vacuum_as_autovacuum_would()  # after the recording's writes
                 print(
                     f"   {args.deliveries * 6} stage changes in {spent:.1f} s "
                     f"({args.deliveries * 6 / spent:.0f}/s); {expected} webhook messages "
