@@ -289,13 +289,12 @@ def django_for_bench(env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]
         vendor = f"{connection.vendor} {connection.settings_dict['NAME']}"
         print(f"database: {vendor}; services: {urls}", flush=True)
         call_command("migrate", verbosity=0)
-        if connection.vendor == "postgresql" and not autovacuum_on():
+        if vacuum_as_autovacuum_would():
             print(
                 "   autovacuum is off on this server (production's is on): each phase starts "
                 "after a VACUUM ANALYZE, as autovacuum would have run between them",
                 flush=True,
             )
-        vacuum_as_autovacuum_would()
         yield urls, vendor
 
 
@@ -307,18 +306,20 @@ def autovacuum_on() -> bool:
         return bool(cursor.fetchone()[0] == "on")
 
 
-def vacuum_as_autovacuum_would() -> None:
+def vacuum_as_autovacuum_would() -> bool:
     """On a PostgreSQL server whose autovacuum is off, what it would have done between two
     phases: VACUUM ANALYZE. Without it, every row a phase updates or deletes stays in the
     tables and indexes the next phase reads, and the planner never sees the tables' sizes, so
     each phase measures the leftovers of the ones before it (a webhook claim read ~99,000 dead
-    index entries after a few runs). Nothing on SQLite, or when autovacuum runs."""
+    index entries after a few runs). Nothing on SQLite, or when autovacuum runs. Whether it
+    vacuumed."""
     from django.db import connection
 
     if connection.vendor != "postgresql" or autovacuum_on():
-        return
+        return False
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE")
+    return True
 
 
 def ensure_postgres_database(url: str) -> None:
