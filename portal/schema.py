@@ -13,6 +13,8 @@ from rest_framework.fields import CharField
 from portal.api import ErrorOut
 
 NO_NUL = r"^[^\x00]*$"
+# No NUL, and something besides whitespace: DRF strips a string before it refuses a blank one.
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
 # The answers any operation may give besides its own, by what the operation has.
 _ANY_ERRORS = {
@@ -84,8 +86,9 @@ class ApiSchema(AutoSchema):
         self, field: Any, direction: Any, bypass_extensions: bool = False
     ) -> Any:
         schema = super()._map_serializer_field(field, direction, bypass_extensions)
-        # DRF refuses a NUL character in any string input (PostgreSQL could not store it). A
-        # field with a pattern of its own (a RegexValidator, mapped later) says so in it.
+        # DRF refuses a NUL character in any string input (PostgreSQL could not store it), and
+        # one of only whitespace where a blank is not allowed (it strips it first). A field
+        # with a pattern of its own (a RegexValidator, mapped later) says so in it.
         if (
             direction == "request"
             and isinstance(schema, dict)
@@ -95,7 +98,8 @@ class ApiSchema(AutoSchema):
             and "enum" not in schema
             and not any(isinstance(v, RegexValidator) for v in field.validators)
         ):
-            schema["pattern"] = NO_NUL
+            blank_refused = not field.allow_blank and field.trim_whitespace
+            schema["pattern"] = NOT_BLANK if blank_refused else NO_NUL
         return schema
 
 

@@ -86,6 +86,22 @@ def test_a_drone_serial_of_whitespace_only_is_malformed_as_the_schema_says(
     assert list(response.json()["results"][0]["fields"]) == ["drone"]
 
 
+@pytest.mark.parametrize("name", ["\f", "\x1c", " \u3000 "])
+def test_a_recipient_name_of_whitespace_only_is_refused_as_the_schema_says(
+    tenant: Tenant, fleet: Any, name: str
+) -> None:
+    # DRF strips a string before it refuses a blank one; the schema said only "no NUL", and
+    # schemathesis sent a form feed the API refused as blank (a valid request rejected).
+    pattern = re.compile(
+        Client()
+        .get("/api/v1/schema/?format=json")
+        .json()["components"]["schemas"]["RecipientInRequest"]["properties"]["name"]["pattern"]
+    )
+    assert not pattern.search(name) and pattern.search(f"{name}Ada{name}")
+    response = tenant.client.post_json(DELIVERIES, delivery_body(recipient={"name": name}))
+    assert refused(response)["fields"] == {"recipient": {"name": ["This field may not be blank."]}}
+
+
 def test_a_tracking_link_with_a_nul_byte_is_a_404(db: None) -> None:
     assert Client().get("/track/%00abc").status_code == 404
 
