@@ -685,6 +685,16 @@ def _send(
             claimed_until = renewed
         messages = messages.filter(next_attempt_at=claimed_until)
     batch = list(messages)
+    # An endpoint switched off (or disabled) since its messages were claimed is sent nothing
+    # more: they stay pending, released from this sender's lease, and go out in order when it
+    # is switched on again. (A batch can wait in the queue a while after its claim.)
+    held = {m.pk for m in batch if not m.endpoint.active or m.endpoint.disabled_at is not None}
+    if held:
+        if claimed_until is not None:
+            WebhookMessage.objects.filter(
+                pk__in=held, status=WebhookMessage.Status.PENDING, next_attempt_at=claimed_until
+            ).update(next_attempt_at=timezone.now())
+        batch = [m for m in batch if m.pk not in held]
     if not batch:
         return []
     telemetry.link_deliveries(message.delivery_id for message in batch)

@@ -101,6 +101,40 @@ def test_the_next_of_a_stream_is_claimed_only_when_pending_and_due(
     assert second(later).next_attempt_at > timezone.now() + timedelta(minutes=4)
 
 
+@pytest.mark.parametrize("how", ["switched off", "disabled"])
+def test_a_batch_claimed_before_its_endpoint_was_switched_off_sends_nothing_and_waits(
+    tenant: Tenant, receiver: Receiver, how: str
+) -> None:
+    # A batch can wait in the queue after its claim; by the time it runs, the business may
+    # have switched the endpoint off (or it was disabled for failing): nothing more is sent,
+    # and the messages go out, in order, once it is on again.
+    endpoint = endpoint_for(tenant, receiver)
+    deliveries = [fly(make_delivery(tenant)) for _ in range(2)]
+    claim = services.webhooks_claim()
+    assert len(claim.ids) == 2 and claim.until is not None
+    if how == "disabled":
+        endpoint.disabled_at = timezone.now()
+    endpoint.active = False
+    endpoint.save(update_fields=["active", "disabled_at"])
+
+    following = services.webhook_batch_send(message_ids=claim.ids, claimed_until=claim.until)
+
+    assert following.ids == [] and receiver.received == []
+    held = WebhookMessage.objects.filter(pk__in=claim.ids)
+    assert {(m.status, m.attempts) for m in held} == {("pending", 0)}
+    # Released from the lease (not waiting for it to run out), yet not claimed while off.
+    assert all(m.next_attempt_at <= timezone.now() for m in held)
+    assert services.webhooks_claim().ids == []
+
+    endpoint.active, endpoint.disabled_at = True, None
+    endpoint.save(update_fields=["active", "disabled_at"])
+    services.webhooks_dispatch(rounds=3)
+
+    for delivery in deliveries:
+        stream = [p["type"] for p in receiver.processed if p["data"]["id"] == str(delivery.pk)]
+        assert stream == ["delivery.assigned", "delivery.picked_up", "delivery.delivered"]
+
+
 def test_connections_to_a_receiver_are_kept_between_messages_and_batches(
     tenant: Tenant, receiver: Receiver
 ) -> None:
