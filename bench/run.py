@@ -26,7 +26,7 @@ The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite fi
 8. Route planning among 500 zones: bench/airspace.py, p99 of a clear straight line and of a
    detour.
 9. Webhook fan-out: bench/webhooks.py, events delivered per second to a local TLS receiver, and
-   `POST /api/v1/deliveries` p99 meanwhile against without.
+   `POST /api/v1/deliveries` p99 in windows with it against windows without, alternated.
 10. Tracing's cost: bench/telemetry_cost.py, ingestion with tracing off, sampled and always on.
 11. At scale: bench/scale.py, 1,000,000 deliveries and their events (PostgreSQL only), p99 of a
    business's list at the first page and deep in it, of one delivery and of its status.
