@@ -649,6 +649,15 @@ def main() -> int:
                     flush=True,
                 )  # fmt: skip
 
+                print(
+                    "   windows without fan-out: "
+                    + cpu.describe(
+                        windows.quiet_usage, wall=windows.quiet_seconds,
+                        per=max(1, sum(run.completed for run in windows.quiet_runs)),
+                        unit="POST",
+                    ),
+                    flush=True,
+                )  # fmt: skip
                 extra = sorted(windows.extra_cpu().items(), key=lambda item: -item[1])
                 print(
                     "   CPU ms per event the fan-out added (windows with it less those without): "
