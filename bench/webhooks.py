@@ -338,7 +338,8 @@ class Windows:
         leased: Any,
     ) -> None:
         """Switch the endpoints on, run the window once events flow, switch them off and wait
-        until the batches under way are sent."""
+        until no sender holds a claim (a batch already being posted finishes; one still in
+        the queue releases its messages)."""
         print(f"\n== POST at {args.post_rate:g}/s during fan-out ({machine_load()})")
         began = count.value
         switched = time.monotonic()
@@ -392,9 +393,9 @@ class Windows:
 
 
 def sends_settled(count: Any, leased: Any, *, timeout: float = 60.0) -> None:
-    """Wait until no message is leased to a sender (`leased()`: whether one is; the batches
-    claimed before the endpoints were switched off are still sent, however long they waited
-    in the queue) and no event has arrived for half a second."""
+    """Wait until no message is leased to a sender (`leased()`: whether one is; a batch
+    claimed before the endpoints were switched off is posted if its sender had begun, else its
+    messages are released) and no event has arrived for half a second."""
     began = last_change = time.monotonic()
     seen = count.value
     while time.monotonic() - began < timeout:
