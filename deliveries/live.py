@@ -7,13 +7,19 @@ Every copy carries a version, (the delivery's version, the time of what it descr
 a write with an older version than the stored copy's is dropped, so a late write (a worker's
 `assigned` after the business cancelled, a telemetry report that arrived late) never takes the
 status back in time. A write that lands is published on `delivery:{id}:live` for live feeds.
+
+A process whose write fails (Redis unreachable) remembers the delivery and deletes its copy at
+its next use of the live copies that works (a write or a read), so that readers fall back to
+the database and refill it: otherwise the copy from before the outage, `at_dropoff` say, would
+be served as the status of a delivery since delivered until its TTL ran out a week later. A
+process that dies before Redis comes back leaves its stale copies to that TTL.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import threading
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -45,6 +51,11 @@ redis.call('PUBLISH', KEYS[2], ARGV[3])
 return 1
 """
 _scripts: dict[int, Any] = {}
+
+# Deliveries whose copy this process could neither write nor delete (see the module's doc).
+_unwritten: set[str] = set()
+_unwritten_lock = threading.Lock()
+UNWRITTEN_MAX = 100_000
 
 
 def status_key(delivery_id: UUID | str) -> str:
@@ -122,13 +133,15 @@ def status_write(
 
     def write() -> None:
         try:
+            redis = get_redis_connection("default")
+            _repair(redis)
             _script()(
                 keys=[status_key(delivery.id), channel(delivery.id)],
                 args=[version, t, document, TTL_SECONDS],
             )
         except Exception as exc:  # noqa: BLE001 - Redis is a copy; readers fall back to the database
             logger.warning("live status of %s not written to Redis: %s", delivery.id, exc)
-            _forget(delivery.id)
+            _remember([delivery.id])
 
     transaction.on_commit(write)
 
@@ -140,7 +153,9 @@ def statuses_write(writes: Iterable[tuple[UUID, int, datetime, dict[str, Any]]])
         return
     try:
         script = _script()
-        pipeline = get_redis_connection("default").pipeline(transaction=False)
+        redis = get_redis_connection("default")
+        _repair(redis)
+        pipeline = redis.pipeline(transaction=False)
         for delivery_id, version, at, document in writes:
             script(
                 keys=[status_key(delivery_id), channel(delivery_id)],
@@ -150,6 +165,7 @@ def statuses_write(writes: Iterable[tuple[UUID, int, datetime, dict[str, Any]]])
         pipeline.execute()
     except Exception as exc:  # noqa: BLE001 - Redis is a copy; readers fall back to the database
         logger.warning("live statuses of %d deliveries not written to Redis: %s", len(writes), exc)
+        _remember([delivery_id for delivery_id, *_ in writes])
 
 
 def statuses_write_after_commit(
@@ -160,10 +176,32 @@ def statuses_write_after_commit(
     transaction.on_commit(lambda: statuses_write(writes))
 
 
-def _forget(delivery_id: UUID) -> None:
-    # Redis down: nothing stale can be read from it either.
-    with contextlib.suppress(Exception):
-        get_redis_connection("default").delete(status_key(delivery_id))
+def _remember(delivery_ids: list[UUID]) -> None:
+    """Copies a write could not update, to delete at this process's next use of Redis (not
+    now: Redis is most likely unreachable, and asking again would wait for its timeout)."""
+    with _unwritten_lock:
+        room = max(0, UNWRITTEN_MAX - len(_unwritten))
+        _unwritten.update(str(delivery_id) for delivery_id in delivery_ids[:room])
+    if room < len(delivery_ids):
+        logger.error(
+            "%d live statuses may stay stale in Redis: more than %d remembered",
+            len(delivery_ids) - room,
+            UNWRITTEN_MAX,
+        )
+
+
+def _repair(redis: Any) -> None:
+    """Delete the copies this process could not write or delete before, now that Redis
+    answers (raises, keeping them, when it does not)."""
+    if not _unwritten:
+        return
+    with _unwritten_lock:
+        ids = list(_unwritten)
+    for first in range(0, len(ids), 1000):
+        redis.delete(*(status_key(delivery_id) for delivery_id in ids[first : first + 1000]))
+    with _unwritten_lock:
+        _unwritten.difference_update(ids)
+    logger.info("deleted %d live statuses not written while Redis was unreachable", len(ids))
 
 
 def _document(raw: bytes | str) -> dict[str, Any]:
@@ -175,7 +213,9 @@ def _document(raw: bytes | str) -> dict[str, Any]:
 
 def status_read(delivery_id: UUID | str) -> dict[str, Any] | None:
     try:
-        raw = get_redis_connection("default").get(status_key(delivery_id))
+        redis = get_redis_connection("default")
+        _repair(redis)
+        raw = redis.get(status_key(delivery_id))
     except Exception as exc:  # noqa: BLE001 - fall back to the database
         logger.warning("live status of %s not read from Redis: %s", delivery_id, exc)
         return None

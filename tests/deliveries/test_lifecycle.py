@@ -148,3 +148,50 @@ def test_the_public_status_shows_only_our_failure_reasons_and_in_customer_words(
 @pytest.mark.parametrize("path", ["/track/a%00b", "/live/track/a%00b", "/live/track/a%00b.json"])
 def test_a_tracking_token_with_a_nul_byte_is_a_404(db: None, path: str) -> None:
     assert Client().get(path).status_code == 404
+
+
+def unreachable_redis() -> Any:
+    """A Redis client for a port nothing listens on: every call is refused, as in an outage."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from devtools.localservices import free_port
+
+    return redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
+
+
+@pytest.mark.parametrize("path", ["one write", "a batch of writes"])
+def test_a_status_written_while_redis_was_down_is_not_read_stale_once_it_is_back(
+    tenant: Tenant,
+    django_capture_on_commit_callbacks: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+) -> None:
+    # The copy from before the outage must not outlive it: the process that could not write
+    # the new status deletes the old copy at its next use of Redis, and the reader falls back
+    # to the database.
+    delivery = a_delivery(tenant, Status.AT_DROPOFF)
+    live.statuses_write([(delivery.pk, 0, delivery.updated_at, live.status_of(delivery))])
+    assert live.status_read(delivery.pk)["status"] == "at_dropoff"  # type: ignore[index]
+
+    working = live.get_redis_connection
+    monkeypatch.setattr(live, "get_redis_connection", lambda alias: unreachable_redis())
+    live._scripts.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        if path == "one write":
+            delivery_move(delivery, Status.DELIVERED)
+        else:  # as telemetry writes the statuses of a report's deliveries together
+            Delivery.objects.filter(pk=delivery.pk).update(status=Status.DELIVERED, version=1)
+            stored = Delivery.objects.get(pk=delivery.pk)
+            live.statuses_write([(stored.pk, 1, stored.updated_at, live.status_of(stored))])
+    assert live.status_read(delivery.pk) is None  # unreadable: the database answers
+    monkeypatch.setattr(live, "get_redis_connection", working)
+
+    assert live.status_read(delivery.pk) is None  # the stale copy is gone
+    with django_capture_on_commit_callbacks(execute=True):  # the refill, after the request
+        answer = tenant.client.get(f"/api/v1/deliveries/{delivery.pk}/status")
+    assert answer.status_code == 200 and answer.json()["status"] == "delivered"
+    assert live.status_read(delivery.pk)["status"] == "delivered"  # type: ignore[index]
