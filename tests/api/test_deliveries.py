@@ -75,6 +75,7 @@ def test_a_business_may_hold_several_keys_each_working(tenant: Tenant) -> None:
     assert ApiClient(key).get(DELIVERIES).status_code == 200
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 def test_too_many_requests_are_429_with_retry_after(tenant: Tenant) -> None:
     with override_settings(API_RATE_LIMIT="3/minute"):
         codes = [tenant.client.get(DELIVERIES).status_code for _ in range(5)]
@@ -85,6 +86,7 @@ def test_too_many_requests_are_429_with_retry_after(tenant: Tenant) -> None:
     assert 0 < int(response["Retry-After"]) <= 60
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 def test_the_rate_limit_is_per_key(tenant: Tenant, other_tenant: Tenant) -> None:
     with override_settings(API_RATE_LIMIT="2/minute"):
         for _ in range(3):
@@ -93,6 +95,7 @@ def test_the_rate_limit_is_per_key(tenant: Tenant, other_tenant: Tenant) -> None
         assert other_tenant.client.get(DELIVERIES).status_code == 200
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 def test_the_rate_windows_counter_expires_with_its_window(tenant: Tenant) -> None:
     from django_redis import get_redis_connection
 
@@ -106,6 +109,7 @@ def test_the_rate_windows_counter_expires_with_its_window(tenant: Tenant) -> Non
     assert 0 < redis.ttl(counter) <= 61
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 def test_wrong_secrets_under_a_keys_prefix_do_not_use_up_its_limit(tenant: Tenant) -> None:
     prefix = tenant.key.split(".")[0]
     with override_settings(API_RATE_LIMIT="2/minute"):

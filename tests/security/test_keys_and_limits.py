@@ -80,6 +80,7 @@ def test_an_issued_key_still_works(tenant: Tenant) -> None:
 # --- failed authentications per client address ------------------------------------------------
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(AUTH_FAILURE_RATE_LIMIT="3/minute")
 def test_failed_authentications_are_limited_per_address_with_retry_after(tenant: Tenant) -> None:
     attacker = Client(REMOTE_ADDR=address())
@@ -99,6 +100,7 @@ def test_failed_authentications_are_limited_per_address_with_retry_after(tenant:
     assert ApiClient(tenant.key, REMOTE_ADDR=address()).get(DELIVERIES).status_code == 200
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(AUTH_FAILURE_RATE_LIMIT="2/minute")
 def test_wrong_telemetry_keys_are_limited_per_address(db: None) -> None:
     drone_client = Client(REMOTE_ADDR=address())
@@ -111,12 +113,14 @@ def test_wrong_telemetry_keys_are_limited_per_address(db: None) -> None:
     assert codes == [401, 401, 429]
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(AUTH_FAILURE_RATE_LIMIT="2/minute")
 def test_successful_authentications_are_not_counted(tenant: Tenant) -> None:
     client = ApiClient(tenant.key, REMOTE_ADDR=address())
     assert {client.get(DELIVERIES).status_code for _ in range(5)} == {200}
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(AUTH_FAILURE_RATE_LIMIT="2/minute", TRUSTED_PROXY_COUNT=1)
 def test_behind_the_ingress_the_address_is_the_one_it_appended(tenant: Tenant) -> None:
     ingress = address()
@@ -129,6 +133,7 @@ def test_behind_the_ingress_the_address_is_the_one_it_appended(tenant: Tenant) -
     assert second.get(DELIVERIES, **bad).status_code == 401
 
 
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(AUTH_FAILURE_RATE_LIMIT="2/minute", TRUSTED_PROXY_COUNT=0)
 def test_without_a_trusted_proxy_x_forwarded_for_is_not_believed(tenant: Tenant) -> None:
     same = address()

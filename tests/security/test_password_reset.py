@@ -64,6 +64,7 @@ def throttled(response: Any, asked: str, *, within: int) -> bool:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(PASSWORD_RESET_RATE_LIMIT="3/hour", PASSWORD_RESET_EMAIL_RATE_LIMIT="100/hour")
 def test_password_resets_are_limited_per_client_address(mailoutbox: list[Any]) -> None:
     asker = Client(REMOTE_ADDR=address())
@@ -81,6 +82,7 @@ def test_password_resets_are_limited_per_client_address(mailoutbox: list[Any]) -
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(TRUSTED_PROXY_COUNT=1, PASSWORD_RESET_RATE_LIMIT="2/hour")
 def test_the_address_is_the_one_the_trusted_proxy_saw_not_what_the_client_claims(
     mailoutbox: list[Any],
@@ -96,6 +98,7 @@ def test_the_address_is_the_one_the_trusted_proxy_saw_not_what_the_client_claims
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(PASSWORD_RESET_RATE_LIMIT="100/hour", PASSWORD_RESET_EMAIL_RATE_LIMIT="2/hour")
 def test_one_email_address_gets_so_many_resets_whoever_asks_and_the_answer_tells_nothing(
     mailoutbox: list[Any],
@@ -124,6 +127,7 @@ def test_one_email_address_gets_so_many_resets_whoever_asks_and_the_answer_tells
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(PASSWORD_RESET_RATE_LIMIT="2/hour", PASSWORD_RESET_EMAIL_RATE_LIMIT="2/hour")
 def test_the_counters_expire_with_their_window(
     mailoutbox: list[Any], monkeypatch: pytest.MonkeyPatch

@@ -101,6 +101,7 @@ def login(client: Client, path: str, email: str, password: str) -> str:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/login", "/admin/login/"])
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(LOGIN_FAILURE_RATE_LIMIT="3/15minutes")
 def test_failed_sign_ins_are_limited_per_account(path: str) -> None:
     email = f"op{random.getrandbits(32)}@fabrikam.example"
@@ -114,6 +115,7 @@ def test_failed_sign_ins_are_limited_per_account(path: str) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", ["/login", "/admin/login/"])
+@pytest.mark.usefixtures("whole_rate_window")
 @override_settings(LOGIN_FAILURE_RATE_LIMIT="3/15minutes")
 def test_failed_sign_ins_are_limited_per_address(path: str) -> None:
     email = f"op{random.getrandbits(32)}@fabrikam.example"
