@@ -179,7 +179,6 @@ def test_a_status_written_while_redis_was_down_is_not_read_stale_once_it_is_back
 
     working = live.get_redis_connection
     monkeypatch.setattr(live, "get_redis_connection", lambda alias: unreachable_redis())
-    live._scripts.clear()
     with django_capture_on_commit_callbacks(execute=True):
         if path == "one write":
             delivery_move(delivery, Status.DELIVERED)
