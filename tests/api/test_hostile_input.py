@@ -54,17 +54,19 @@ def test_deeply_nested_telemetry_is_a_400(fleet: Any) -> None:
     refused(response)
 
 
+def schema_pattern(component: str, field: str) -> re.Pattern[str]:
+    """The pattern the published schema gives a component's field."""
+    schema = Client().get("/api/v1/schema/?format=json").json()
+    return re.compile(schema["components"]["schemas"][component]["properties"][field]["pattern"])
+
+
 @pytest.mark.parametrize("serial", ["\u00a0", "\x1c", " \u3000 "])
 def test_a_drone_serial_of_whitespace_only_is_malformed_as_the_schema_says(
     fleet: Any, serial: str
 ) -> None:
     # Python's str.strip() takes U+00A0 and U+001C for whitespace; the schema said only
     # "at least one character", and schemathesis sent one the API called malformed.
-    pattern = re.compile(
-        Client()
-        .get("/api/v1/schema/?format=json")
-        .json()["components"]["schemas"]["ReportInRequest"]["properties"]["drone"]["pattern"]
-    )
+    pattern = schema_pattern("ReportInRequest", "drone")
     assert not pattern.search(serial) and pattern.search(f"{serial}FD-1{serial}")
     _, key = telemetry_key_create(name="gateway", base_ids=[fleet[0].base_id])
     client = Client(HTTP_AUTHORIZATION=f"Telemetry-Key {key}")
@@ -92,11 +94,7 @@ def test_a_recipient_name_of_whitespace_only_is_refused_as_the_schema_says(
 ) -> None:
     # DRF strips a string before it refuses a blank one; the schema said only "no NUL", and
     # schemathesis sent a form feed the API refused as blank (a valid request rejected).
-    pattern = re.compile(
-        Client()
-        .get("/api/v1/schema/?format=json")
-        .json()["components"]["schemas"]["RecipientInRequest"]["properties"]["name"]["pattern"]
-    )
+    pattern = schema_pattern("RecipientInRequest", "name")
     assert not pattern.search(name) and pattern.search(f"{name}Ada{name}")
     response = tenant.client.post_json(DELIVERIES, delivery_body(recipient={"name": name}))
     assert refused(response)["fields"] == {"recipient": {"name": ["This field may not be blank."]}}
