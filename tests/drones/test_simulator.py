@@ -451,7 +451,10 @@ def test_a_delivery_is_flown_through_the_telemetry_api_until_delivered(
         "requested", "assigned", "en_route_to_pickup", "at_pickup", "en_route_to_dropoff",
         "at_dropoff", "delivered",
     ]  # fmt: skip
-    assert (drone.lat, drone.lon, drone.alt_m) == (BASE.lat, BASE.lon, 0.0)
+    # Home on the ground, as the server reads it: its last report may be the last step of the
+    # descent (0.3 m on a slow machine), under the height that counts as airborne.
+    assert (drone.lat, drone.lon) == (BASE.lat, BASE.lon)
+    assert not flight.is_airborne(drone.alt_m), drone.alt_m
 
 
 @pytest.mark.django_db(transaction=True)
