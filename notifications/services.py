@@ -1,25 +1,28 @@
 """Stage emails: recorded with the stage change, claimed and sent by workers after commit.
 
 `notifications_record` runs in the transaction of the change (deliveries.announce): a change
-rolled back owes nothing. Each notification is then sent by its own task, published after
-commit, and by the sweep on beat for those whose task was lost or whose send failed. Sending
-first claims the row with a compare-and-swap (pending → sending), so that a redelivered or
-duplicated message never sends an email twice; a claim older than
-NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS (its worker died mid-send) may be taken again.
+rolled back owes nothing. The emails a change recorded (a round of assignments records many)
+are then sent together by one task, published after commit, and by the sweep on beat for those
+whose task was lost or whose send failed. Sending first claims the rows with a compare-and-swap
+(pending → sending), so that a redelivered or duplicated message never sends an email twice; a
+claim older than NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS (its worker died mid-send) may be taken
+again.
 """
 
 from __future__ import annotations
 
 import logging
+import smtplib
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import signing
-from django.core.mail import EmailMessage
+from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from businesses.models import Business
@@ -29,7 +32,7 @@ from notifications.models import Notification, Subscription
 
 logger = logging.getLogger(__name__)
 
-SEND_TASK = "workers.notification_send"
+SEND_TASK = "workers.notifications_send"
 UNSUBSCRIBE_SALT = "notifications.unsubscribe"
 
 Status = Delivery.Status
@@ -136,64 +139,117 @@ def notifications_record_many(deliveries: list[Delivery], *, previous: str) -> l
 def _publish(ids: list[UUID]) -> None:
     from portal import broker
 
-    for notification_id in ids:
-        try:
-            broker.send_task(SEND_TASK, {"notification_id": str(notification_id)})
-        except Exception as exc:  # noqa: BLE001 - the sweep sends it
-            logger.warning(
-                "notification %s not published, the sweep sends it: %s", notification_id, exc
-            )
-            return
+    try:
+        # One message for the change's emails, however many: one task sends them all.
+        broker.send_task(SEND_TASK, {"notification_ids": [str(i) for i in ids]})
+    except Exception as exc:  # noqa: BLE001 - the sweep sends them
+        logger.warning("%d notifications not published, the sweep sends them: %s", len(ids), exc)
 
 
-def _claim(notification_id: UUID, now: datetime) -> bool:
+def _claim(notification_ids: list[UUID], now: datetime) -> int:
+    """Take those of `notification_ids` that are due, in one statement; how many were taken.
+    The taken are those left SENDING with claimed_at == now."""
     stale = now - timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS)
     due = Q(status=Notification.Status.PENDING, next_attempt_at__lte=now) | Q(
         status=Notification.Status.SENDING, claimed_at__lt=stale
     )
-    return bool(
-        Notification.objects.filter(due, pk=notification_id).update(
-            status=Notification.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
+    return Notification.objects.filter(due, pk__in=notification_ids).update(
+        status=Notification.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1
+    )
+
+
+def _delay(attempts: int) -> timedelta:
+    return timedelta(
+        seconds=min(
+            settings.NOTIFICATIONS_RETRY_MAX_SECONDS,
+            settings.NOTIFICATIONS_RETRY_BASE_SECONDS * 2 ** min(attempts - 1, 12),
         )
     )
 
 
 def notification_send(*, notification_id: UUID) -> bool:
-    """Claim and send one notification; True when this call sent it. A send that fails leaves
-    it pending for a later attempt (with backoff), failed after NOTIFICATIONS_MAX_ATTEMPTS."""
-    now = timezone.now()
-    if not _claim(notification_id, now):
-        return False  # sent, being sent, not yet due again, or gone
-    mine = Notification.objects.filter(
-        pk=notification_id, status=Notification.Status.SENDING, claimed_at=now
+    """Claim and send one notification; True when this call sent it."""
+    return notifications_send(notification_ids=[notification_id]) == 1
+
+
+def notifications_send(*, notification_ids: list[UUID]) -> int:
+    """Claim and send the notifications of `notification_ids` that are due, oldest first, over
+    one connection to the mail server; how many this call sent.
+
+    Two statements claim and read them all, however many; each is then marked sent as soon as
+    it is, so that a worker dying mid-batch sends again (after the claim times out) only the
+    one it was sending. A batch that takes long renews its claim on the rest before it could
+    go stale. A send that fails leaves it pending for a later attempt (with backoff), failed
+    after NOTIFICATIONS_MAX_ATTEMPTS. When the mail server refused that one email (it
+    answered), the rest go on; when it could not be reached, the rest are put back untried,
+    due when that one is, and the sweep sends them all then."""
+    if not notification_ids:
+        return 0
+    claimed_at = timezone.now()
+    if not _claim(notification_ids, claimed_at):
+        return 0  # sent, being sent, not yet due again, or gone
+
+    def mine() -> QuerySet[Notification]:
+        return Notification.objects.filter(
+            pk__in=notification_ids, status=Notification.Status.SENDING, claimed_at=claimed_at
+        )
+
+    batch = list(
+        mine()
+        .select_related("subscription", "delivery", "delivery__business", "delivery__drone")
+        .order_by("created_at", "id")
     )
-    notification = Notification.objects.select_related(
-        "subscription", "delivery", "delivery__business", "delivery__drone"
-    ).get(pk=notification_id)
-    if not notification.subscription.active:
-        mine.update(status=Notification.Status.SKIPPED)
-        return False
+    unsubscribed = [n.pk for n in batch if not n.subscription.active]
+    if unsubscribed:
+        mine().filter(pk__in=unsubscribed).update(status=Notification.Status.SKIPPED)
+    renew_after = timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS / 2)
+    connection = get_connection()
+    sent = 0
     try:
-        email_for(notification).send()
-    except Exception as exc:  # noqa: BLE001 - the mail server's trouble; tried again later
-        attempts = notification.attempts
-        gave_up = attempts >= settings.NOTIFICATIONS_MAX_ATTEMPTS
-        delay = min(
-            settings.NOTIFICATIONS_RETRY_MAX_SECONDS,
-            settings.NOTIFICATIONS_RETRY_BASE_SECONDS * 2 ** min(attempts - 1, 12),
-        )
-        mine.update(
-            status=Notification.Status.FAILED if gave_up else Notification.Status.PENDING,
-            claimed_at=None,
-            next_attempt_at=timezone.now() + timedelta(seconds=delay),
-            last_error=f"{type(exc).__name__}: {exc}"[:300],
-        )
-        logger.warning("notification %s not sent (attempt %s): %s", notification_id, attempts, exc)
-        return False
-    # Marked after sending: a worker dying in between sends it again (after the claim times
-    # out) rather than never.
-    mine.update(status=Notification.Status.SENT, sent_at=timezone.now())
-    return True
+        for notification in (n for n in batch if n.subscription.active):
+            if timezone.now() - claimed_at > renew_after:
+                renewed = timezone.now()
+                mine().update(claimed_at=renewed)
+                claimed_at = renewed
+                if not mine().filter(pk=notification.pk).exists():
+                    continue  # its claim went stale all the same (the worker stalled)
+            try:
+                message = email_for(notification)
+                message.connection = connection
+                connection.open()  # once: it stays open for the rest
+                message.send()
+            except Exception as exc:  # noqa: BLE001 - the mail server's trouble; tried later
+                attempts = notification.attempts
+                gave_up = attempts >= settings.NOTIFICATIONS_MAX_ATTEMPTS
+                retry_at = timezone.now() + _delay(attempts)
+                mine().filter(pk=notification.pk).update(
+                    status=Notification.Status.FAILED if gave_up else Notification.Status.PENDING,
+                    claimed_at=None,
+                    next_attempt_at=retry_at,
+                    last_error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                logger.warning(
+                    "notification %s not sent (attempt %s): %s", notification.pk, attempts, exc
+                )
+                if isinstance(exc, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused):
+                    continue  # this one email was refused; the server is there for the others
+                # Unreachable: the rest are put back untried (their attempt not counted).
+                mine().update(
+                    status=Notification.Status.PENDING,
+                    claimed_at=None,
+                    next_attempt_at=retry_at,
+                    attempts=F("attempts") - 1,
+                )
+                break
+            # Marked after sending: a worker dying in between sends it again (after the claim
+            # times out) rather than never.
+            mine().filter(pk=notification.pk).update(
+                status=Notification.Status.SENT, sent_at=timezone.now()
+            )
+            sent += 1
+    finally:
+        connection.close()
+    return sent
 
 
 def notifications_sweep(*, batch: int = 200) -> int:
@@ -212,15 +268,7 @@ def notifications_sweep(*, batch: int = 200) -> int:
         .order_by("next_attempt_at")
         .values_list("id", flat=True)[:batch]
     )
-    sent = 0
-    for notification_id in due:
-        if notification_send(notification_id=notification_id):
-            sent += 1
-        elif Notification.objects.filter(
-            pk=notification_id, status=Notification.Status.PENDING, last_error__gt=""
-        ).exists():
-            break
-    return sent
+    return notifications_send(notification_ids=due)
 
 
 def notifications_prune(*, older_than: timedelta = timedelta(days=30)) -> int:
@@ -250,6 +298,11 @@ def unsubscribe_url(subscription: Subscription) -> str:
 
 def _at(moment: datetime | None) -> str:
     return f"{moment:%H:%M} UTC" if moment else "soon"
+
+
+def message_id(notification: Notification) -> str:
+    """The email's Message-ID: the notification's, on the site's domain, whichever pod sends."""
+    return f"<notification.{notification.id}@{urlsplit(settings.PUBLIC_BASE_URL).hostname}>"
 
 
 def email_for(notification: Notification) -> EmailMessage:
@@ -301,6 +354,9 @@ def email_for(notification: Notification) -> EmailMessage:
         from_email=None,
         to=[notification.email],
         headers={
+            # The same on every attempt: an email sent again because the mail server's answer
+            # was lost (SMTP can do no better) is shown once by the recipient's mail client.
+            "Message-ID": message_id(notification),
             # RFC 8058 one-click unsubscribe: mail clients POST to the link.
             "List-Unsubscribe": f"<{unsubscribe_url(subscription)}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -195,12 +195,30 @@ def delivery_body(**overrides: Any) -> dict[str, Any]:
 
 
 class MailSink:
-    """Collects every message an SMTP client delivers; `delay` holds each DATA that long."""
+    """Collects every message an SMTP client delivers; `delay` holds each DATA that long,
+    `refuse` answers 550 to those recipients; `sessions` counts the clients' greetings."""
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
         self.started = 0
         self.delay = 0.0
+        self.refuse: set[str] = set()
+        self.sessions = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        self.sessions += 1
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         import asyncio
@@ -230,6 +248,8 @@ def mailbox(mail_server: tuple[MailSink, int]) -> MailSink:
     sink, _ = mail_server
     sink.messages.clear()
     sink.delay = 0.0
+    sink.refuse = set()
+    sink.sessions = 0
     return sink
 
 

@@ -251,9 +251,17 @@ def housekeeping() -> dict[str, Any]:
     }
 
 
+@shared_task(name="workers.notifications_send")
+def notifications_send(notification_ids: list[str]) -> int:
+    """Send the stage emails of one change, each once: the service claims them first, so a
+    duplicate message does nothing."""
+    return notifications.notifications_send(notification_ids=[UUID(i) for i in notification_ids])
+
+
 @shared_task(name="workers.notification_send")
 def notification_send(notification_id: str) -> bool:
-    """Send one stage email, once: the service claims it first, so a duplicate does nothing."""
+    """One stage email: the messages published before notifications_send, still in a queue
+    when a worker of this version starts."""
     return notifications.notification_send(notification_id=UUID(notification_id))
 
 

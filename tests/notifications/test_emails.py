@@ -4,6 +4,7 @@ mail_server): recorded with each stage change, claimed and sent once, retried af
 from __future__ import annotations
 
 import email
+import time
 from datetime import timedelta
 from email.message import Message
 from typing import Any
@@ -18,8 +19,13 @@ from deliveries.services import delivery_assign, delivery_cancel, delivery_fail
 from devtools.localservices import free_port
 from drones.models import Drone
 from notifications.models import Notification
-from notifications.services import notification_send, notifications_prune, notifications_sweep
-from tests.conftest import MailSink, Tenant, delivery_body
+from notifications.services import (
+    notification_send,
+    notifications_prune,
+    notifications_send,
+    notifications_sweep,
+)
+from tests.conftest import MailSink, Tenant, delivery_body, make_fleet
 
 
 def create(tenant: Tenant, **overrides: Any) -> Delivery:
@@ -29,10 +35,14 @@ def create(tenant: Tenant, **overrides: Any) -> Delivery:
 
 
 def send_due() -> int:
-    """What the workers do after commit: one task per recorded email."""
+    """What the workers do after commit: one task for the emails a change recorded."""
     pending = Notification.objects.filter(status=Notification.Status.PENDING)
-    ids = list(pending.values_list("id", flat=True))
-    return sum(notification_send(notification_id=i) for i in ids)
+    return notifications_send(notification_ids=list(pending.values_list("id", flat=True)))
+
+
+def assigned_many(tenant: Tenant, count: int, **overrides: Any) -> list[Delivery]:
+    make_fleet(count)
+    return [assigned(tenant, [], **overrides) for _ in range(count)]
 
 
 def move(delivery: Delivery, *stages: str) -> Delivery:
@@ -110,6 +120,22 @@ def test_a_duplicate_task_sends_nothing_more(
     assert notification.status == "sent" and notification.sent_at is not None
 
 
+def test_an_email_sent_again_keeps_its_message_id_so_mail_clients_show_it_once(
+    tenant: Tenant, smtp: MailSink
+) -> None:
+    first, _ = assigned_many(tenant, 2)
+    [notification] = Notification.objects.filter(delivery=first)
+    assert send_due() == 2
+    # The mail server took it but its answer was lost (a cut): it is sent again.
+    Notification.objects.filter(pk=notification.pk).update(
+        status="pending", next_attempt_at=timezone.now()
+    )
+    assert send_due() == 1
+    ids = [m["Message-ID"] for m in emails(smtp)]
+    assert ids[0] == ids[2] == f"<notification.{notification.id}@127.0.0.1>"
+    assert ids[1] != ids[0]
+
+
 def test_an_email_claimed_by_a_live_worker_is_not_sent_again_until_its_claim_is_stale(
     tenant: Tenant, fleet: list[Drone], smtp: MailSink
 ) -> None:
@@ -148,6 +174,96 @@ def test_a_mail_outage_leaves_the_email_pending_and_the_sweep_sends_it_later(
     assert notifications_sweep() == 0
     [message] = emails(smtp)
     assert message["To"] == "ada@example.com"
+
+
+def test_the_emails_of_a_round_go_out_in_one_batch_over_one_connection(
+    tenant: Tenant, smtp: MailSink
+) -> None:
+    deliveries = assigned_many(tenant, 4)
+    ids = list(Notification.objects.values_list("id", flat=True))
+    assert notifications_send(notification_ids=ids) == 4
+    assert smtp.sessions == 1
+    assert sorted(m["To"] for m in emails(smtp)) == ["ada@example.com"] * 4
+    assert all(sum(str(d.id) in body(m) for m in emails(smtp)) == 1 for d in deliveries)
+    assert set(Notification.objects.values_list("status", flat=True)) == {"sent"}
+    assert notifications_send(notification_ids=ids) == 0  # a duplicate message
+    assert len(smtp.messages) == 4
+
+
+def test_an_address_the_mail_server_refuses_waits_alone_while_the_others_go(
+    tenant: Tenant, smtp: MailSink
+) -> None:
+    make_fleet(4)
+    assigned(tenant, [])
+    refused = assigned(tenant, [], recipient={"name": "Bo", "email": "bo@example.com"})
+    assigned(tenant, [])
+    assigned(tenant, [])
+    smtp.refuse = {"bo@example.com"}
+    assert send_due() == 3
+    assert sorted(m["To"] for m in emails(smtp)) == ["ada@example.com"] * 3
+    waiting = Notification.objects.get(delivery=refused)
+    assert (waiting.status, waiting.attempts) == ("pending", 1)
+    assert "no such mailbox" in waiting.last_error
+    assert waiting.next_attempt_at > timezone.now()  # backed off, alone
+    assert Notification.objects.filter(status="sent").count() == 3
+
+
+def test_a_mail_server_out_of_reach_puts_the_rest_of_the_batch_back_untried(
+    tenant: Tenant, smtp: MailSink
+) -> None:
+    assigned_many(tenant, 3)
+    with override_settings(EMAIL_PORT=free_port()):  # nothing listens there
+        assert send_due() == 0
+    rows = list(Notification.objects.order_by("created_at", "id"))
+    assert [(n.status, n.attempts) for n in rows] == [
+        ("pending", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert rows[0].last_error and not rows[1].last_error and not rows[2].last_error
+    assert len({n.next_attempt_at for n in rows}) == 1  # all due again together
+    assert rows[0].next_attempt_at > timezone.now()
+
+    Notification.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=1))
+    assert notifications_sweep() == 3
+    assert smtp.sessions == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_batch_renews_its_claim_so_no_sweep_sends_its_emails_again(
+    tenant: Tenant, smtp: MailSink, settings: Any
+) -> None:
+    import threading
+
+    from django.db import connection
+
+    assigned_many(tenant, 4)
+    ids = list(Notification.objects.values_list("id", flat=True))
+    # Each email takes 0.4 s; a claim is stale after 1 s, so the last ones would be taken
+    # again by a sweep were the batch's claim not renewed.
+    settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS = 1
+    settings.NOTIFICATIONS_SWEEP_GRACE_SECONDS = 0
+    smtp.delay = 0.4
+    sent: list[int] = []
+
+    def batch() -> None:
+        try:
+            sent.append(notifications_send(notification_ids=ids))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=batch)
+    worker.start()
+    while not Notification.objects.filter(status="sending").exists():
+        time.sleep(0.01)  # the batch claims them first
+    swept = 0
+    while worker.is_alive():
+        swept += notifications_sweep()
+        time.sleep(0.05)
+    worker.join()
+    assert sent == [4] and swept == 0
+    assert len(smtp.messages) == 4
+    assert set(Notification.objects.values_list("status", flat=True)) == {"sent"}
 
 
 def test_a_cancelled_delivery_says_so(tenant: Tenant, fleet: list[Drone], smtp: MailSink) -> None:
