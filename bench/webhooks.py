@@ -491,7 +491,8 @@ def main() -> int:
             try:
                 business, _ = business_create(name="Bench webhooks")
                 made.business_ids.append(business.pk)
-                posts = int(2 * args.pairs * args.post_rate * args.seconds) + 200
+                # + the warm-up, a closed loop of 1.5 s: as many as the machine serves in that time.
+                posts = int(2 * args.pairs * args.post_rate * args.seconds) + 1000
                 fleet = fleet_seed(
                     count=args.deliveries + posts,
                     center=Point(*CENTER),
