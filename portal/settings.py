@@ -621,6 +621,9 @@ WEBHOOK_RETRY_WINDOW_SECONDS = envint("WEBHOOK_RETRY_WINDOW_SECONDS", 24 * 3600)
 WEBHOOK_RETRY_BASE_SECONDS = float(envstr("WEBHOOK_RETRY_BASE_SECONDS") or 5)
 WEBHOOK_RETRY_MAX_SECONDS = float(envstr("WEBHOOK_RETRY_MAX_SECONDS") or 3600)
 WEBHOOK_TIMEOUT_SECONDS = float(envstr("WEBHOOK_TIMEOUT_SECONDS") or 5)
+# Webhook sending runs at this niceness in a thread of its own, so that a fan-out yields the CPU
+# to the delivery workflow and to requests (portal/yielding.py); 0 runs it at the worker's own.
+WORKER_YIELDING_NICE = envint("WORKER_YIELDING_NICE", 10)
 # URLs resolving to private, loopback, link-local or reserved addresses are refused unless this
 # is on (tests post to a receiver on 127.0.0.1); never in production.
 WEBHOOK_ALLOW_PRIVATE = envbool("WEBHOOK_ALLOW_PRIVATE", False)

@@ -22,6 +22,7 @@ from notifications import services as notifications
 from packages.services import package_upsert
 from portal import outages
 from portal import telemetry as tracing
+from portal.yielding import run_yielding
 from webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
@@ -276,13 +277,16 @@ def notifications_housekeeping() -> int:
 
 
 # --- webhooks ---------------------------------------------------------------------------------
+# Bulk work: run where it yields the CPU to the workflow and to requests (portal/yielding.py).
 
 
 @shared_task(name="workers.webhooks_dispatch")
 def webhooks_dispatch() -> int:
     """Beat, every 2 s: claim the due webhook messages and hand them to senders in batches."""
-    return webhooks.webhooks_dispatch(
-        send_batch=lambda ids, until: webhooks_send.delay(ids, until.isoformat())
+    return run_yielding(
+        lambda: webhooks.webhooks_dispatch(
+            send_batch=lambda ids, until: webhooks_send.delay(ids, until.isoformat())
+        )
     )
 
 
@@ -290,8 +294,10 @@ def webhooks_dispatch() -> int:
 def webhooks_send(message_ids: list[str], claimed_until: str) -> int:
     """Send a claimed batch; the next message of each stream that got through follows as the
     next batch, through the queue, so that other work gets its turn between batches."""
-    following = webhooks.webhook_batch_send(
-        message_ids=message_ids, claimed_until=datetime.fromisoformat(claimed_until)
+    following = run_yielding(
+        lambda: webhooks.webhook_batch_send(
+            message_ids=message_ids, claimed_until=datetime.fromisoformat(claimed_until)
+        )
     )
     if following.ids and following.until is not None:
         webhooks_send.delay(following.ids, following.until.isoformat())
@@ -301,7 +307,7 @@ def webhooks_send(message_ids: list[str], claimed_until: str) -> int:
 @shared_task(name="workers.webhook_send")
 def webhook_send(message_id: str) -> bool | None:
     """One message (sent by the dispatcher before batches; kept for messages still queued)."""
-    sent = webhooks.webhook_message_send(message_id=message_id)
+    sent = run_yielding(lambda: webhooks.webhook_message_send(message_id=message_id))
     if sent:
         for next_id in webhooks.webhook_stream_next(message_id=message_id):
             webhook_send.delay(next_id)
