@@ -167,6 +167,13 @@ def _delay(attempts: int) -> timedelta:
     )
 
 
+def _unreachable(exc: Exception) -> bool:
+    """Whether `exc` says the mail server could not be reached or talked to, as against
+    refusing one email (SMTP's errors are OSErrors too)."""
+    refused = smtplib.SMTPRecipientsRefused | smtplib.SMTPSenderRefused | smtplib.SMTPDataError
+    return isinstance(exc, OSError) and not isinstance(exc, refused)
+
+
 def notification_send(*, notification_id: UUID) -> bool:
     """Claim and send one notification; True when this call sent it."""
     return notifications_send(notification_ids=[notification_id]) == 1
@@ -181,8 +188,8 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
     one it was sending. A batch that takes long renews its claim on the rest before it could
     go stale. A send that fails leaves it pending for a later attempt (with backoff), failed
     after NOTIFICATIONS_MAX_ATTEMPTS. When the mail server refused that one email (it
-    answered), the rest go on; when it could not be reached, the rest are put back untried,
-    due when that one is, and the sweep sends them all then."""
+    answered), the rest go on; when it could not be reached or the connection was lost, the
+    rest are put back untried, due when that one is, and the sweep sends them all then."""
     if not notification_ids:
         return 0
     claimed_at = timezone.now()
@@ -231,8 +238,8 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
                 logger.warning(
                     "notification %s not sent (attempt %s): %s", notification.pk, attempts, exc
                 )
-                if isinstance(exc, smtplib.SMTPResponseException | smtplib.SMTPRecipientsRefused):
-                    continue  # this one email was refused; the server is there for the others
+                if not _unreachable(exc):
+                    continue  # this one email was refused (or could not be made): the others go
                 # Unreachable: the rest are put back untried (their attempt not counted).
                 mine().update(
                     status=Notification.Status.PENDING,
