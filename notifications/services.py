@@ -261,8 +261,9 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
 
 def notifications_sweep(*, batch: int = 200) -> int:
     """Send the notifications that are due: their task was lost, their worker died mid-send
-    (the claim timed out) or their last attempt failed. Stops at the first failure: the mail
-    server is down, try again next round. Returns how many were sent."""
+    (the claim timed out) or their last attempt failed, as one batch (notifications_send: it
+    stops where the mail server cannot be reached, and the next round tries again). Returns
+    how many were sent."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS)
     # A grace for the just-recorded, whose own task is about to send them.
