@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -15,7 +17,6 @@ import psutil
 import pytest
 import requests
 
-from devtools.localservices import free_port
 from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
 
 pytestmark = pytest.mark.slow
@@ -110,8 +111,29 @@ def summary_of(log: Path) -> dict[str, list[str]]:
     return {label: rest.split() for label, rest in rows}
 
 
+def free_port_pair() -> int:
+    """A port P with P and P + 1 free, below the kernel's range of ephemeral ports. make run
+    serves web on P and live on P + 1, and live binds ~20 s after this (after the migrations):
+    an ephemeral port handed out meanwhile to any outgoing connection could be P + 1 (it was
+    once, and live stopped with "address already in use"); a port below that range can only be
+    taken by another listener."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    lowest = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, lowest - 1)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no two free ports in a row between 20000 and {lowest}")
+
+
 def test_make_run_serves_ready_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()
     log = tmp_path / "make-run.log"
     started = time.monotonic()
     with log.open("wb") as out:
