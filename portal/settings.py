@@ -177,6 +177,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's, with a cheaper query log (DEBUG): portal/sqlite/base.py.
+    DATABASES["default"]["ENGINE"] = "portal.sqlite"
     # A file, not memory, so that worker processes started by tests see the test database;
     # WAL and a busy timeout let the web process and workers write side by side.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".local" / "test-db.sqlite3")}

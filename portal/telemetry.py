@@ -177,7 +177,7 @@ def _instrument() -> None:
         RequestsInstrumentor(),
         URLLib3Instrumentor(),
     ]
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if settings.DATABASES["default"]["ENGINE"] in ("django.db.backends.sqlite3", "portal.sqlite"):
         from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 
         instrumentors.append(SQLite3Instrumentor())
