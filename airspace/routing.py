@@ -386,6 +386,8 @@ class Airspace:
         [start, end]: [a, b] when the straight line does. Raises InsideZone when a or b lies
         inside a zone, NoRoute when the zones close a or b off. An endpoint within a zone's
         margin is reached through that margin, no closer to the zone than itself."""
+        if self._far(a, b, self.margin_m):
+            return [a, b]
         window = _Window(start, end)
         lonlat = np.array([[a.lon, a.lat], [b.lon, b.lat]])
         # A zone that holds a stop is near the line too: with none near, none holds a stop.
@@ -512,6 +514,22 @@ class Airspace:
             return indices
         keep = (self._from[indices] <= window.end) & (self._until[indices] > window.start)
         return indices[keep]
+
+    def _far(self, a: Point, b: Point, metres: float) -> bool:
+        """Whether the line a..b lies more than `metres` outside the box of every zone: the
+        check `_near` starts with, in plain floats (the drone choice asks it of every base and
+        drone it weighs, mostly in cities without a zone)."""
+        if not self.zones:
+            return True
+        south, north = min(a.lat, b.lat), max(a.lat, b.lat)
+        distance = _degrees(south, north, metres)
+        west, zones_south, east, zones_north = self._extent
+        return (
+            min(a.lon, b.lon) > east + distance
+            or max(a.lon, b.lon) < west - distance
+            or south > zones_north + distance
+            or north < zones_south - distance
+        )
 
     def _near(self, lonlat: FloatArray, metres: float, window: _Window) -> IntArray:
         """Active zones that may lie within `metres` of a WGS84 polyline (a superset)."""

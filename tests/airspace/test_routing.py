@@ -94,7 +94,7 @@ def test_with_no_zones_every_route_is_straight() -> None:
 
 
 def test_a_route_far_from_every_zone_is_straight() -> None:
-    # Beyond the zones' extent the index is not asked at all (Airspace._near).
+    # Beyond the zones' extent the index is not asked at all (Airspace._far).
     airspace = Airspace([box("stadium", -100, -100, 100, 100)], margin_m=MARGIN)
     far_west, far_east = at(-80_000, 50_000), at(-60_000, 50_000)
 
