@@ -1,17 +1,21 @@
 """portal.sqlite: the embedded database's query log writes parameters as SQLite's QUOTE() does,
-without running a query of its own."""
+without running a query of its own; settings choose it when no DATABASE_URL is given."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from django.db import connection
-from django.db.backends.sqlite3.operations import DatabaseOperations as DjangoOperations
-from django.test.utils import CaptureQueriesContext
 
-from businesses.models import Business
-from portal.sqlite.base import quote
+# base before operations: operations alone is a circular import when the configured database
+# is not SQLite (Django has not loaded the backend then).
+from django.db.backends.sqlite3 import base, operations  # noqa: F401
+from django.db.utils import ConnectionHandler
+
+from portal.sqlite.base import DatabaseWrapper, quote
+from tests.portal.test_settings import manage
 
 # What SQLite stores (text, integers, NULL, blobs) and floats Python and QUOTE() write alike.
 VALUES = [
@@ -44,28 +48,48 @@ def test_quote_writes_what_sqlite_quote_writes(value: object) -> None:
     assert quote(value) == expected
 
 
-@pytest.mark.django_db
-def test_the_query_log_quotes_parameters_without_a_query_of_its_own(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("the embedded backend is SQLite's; this run's database is not SQLite")
-    assert connection.settings_dict["ENGINE"] == "portal.sqlite"
+@pytest.fixture
+def embedded(django_db_blocker: Any) -> Iterator[DatabaseWrapper]:
+    """A connection of its own to an in-memory database through the embedded backend, its
+    queries logged as with DEBUG on (whatever database the tests run on)."""
+    # A handler of its own (not django.db.connections), in which this is the default database.
+    handler = ConnectionHandler({"default": {"ENGINE": "portal.sqlite", "NAME": ":memory:"}})
+    connection = handler["default"]
+    assert isinstance(connection, DatabaseWrapper)
+    connection.force_debug_cursor = True
+    # Not the test database, which pytest-django guards: a database of this test's own.
+    with django_db_blocker.unblock():
+        yield connection
+        connection.close()
 
+
+def test_the_query_log_quotes_parameters_without_a_query_of_its_own(
+    embedded: DatabaseWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*_: object) -> None:
         raise AssertionError("Django's quoting runs a query per logged query")
 
-    monkeypatch.setattr(DjangoOperations, "_quote_params_for_last_executed_query", refuse)
-    with CaptureQueriesContext(connection) as queries:
-        list(Business.objects.filter(name="Fabrikam's", id__isnull=False).values_list("id"))
-    (logged,) = [q["sql"] for q in queries.captured_queries]
-    assert "\"name\" = 'Fabrikam''s'" in logged
+    monkeypatch.setattr(
+        operations.DatabaseOperations, "_quote_params_for_last_executed_query", refuse
+    )
+    with embedded.cursor() as cursor:
+        cursor.execute("SELECT %s, %s, %s", ["Fabrikam's", None, 3])
+        assert cursor.fetchone() == ("Fabrikam's", None, 3)
+    assert embedded.queries[-1]["sql"] == "SELECT 'Fabrikam''s', NULL, 3"
 
 
-@pytest.mark.django_db
-def test_named_parameters_are_quoted_too() -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("the embedded backend is SQLite's; this run's database is not SQLite")
-    with CaptureQueriesContext(connection) as queries, connection.cursor() as cursor:
-        cursor.execute("SELECT %(a)s, %(b)s", {"a": "it's", "b": None})
-    assert queries.captured_queries[-1]["sql"] == "SELECT 'it''s', NULL"
+def test_named_parameters_are_quoted_too(embedded: DatabaseWrapper) -> None:
+    with embedded.cursor() as cursor:
+        cursor.execute("SELECT %(a)s, %(b)s", {"a": "it's", "b": b"\x01"})
+    assert embedded.queries[-1]["sql"] == "SELECT 'it''s', X'01'"
+
+
+def test_the_embedded_database_is_this_backend() -> None:
+    result = manage(
+        "shell",
+        "-c",
+        "from django.db import connection; print(connection.settings_dict['ENGINE'])",
+        env={"DEBUG": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "portal.sqlite"
