@@ -201,6 +201,12 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
             pk__in=notification_ids, status=Notification.Status.SENDING, claimed_at=claimed_at
         )
 
+    def this(notification: Notification) -> QuerySet[Notification]:
+        """The one email, while this call's claim on it holds (the batch's list left out)."""
+        return Notification.objects.filter(
+            pk=notification.pk, status=Notification.Status.SENDING, claimed_at=claimed_at
+        )
+
     batch = list(
         mine()
         .select_related("subscription", "delivery", "delivery__business", "delivery__drone")
@@ -218,7 +224,7 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
                 renewed = timezone.now()
                 mine().update(claimed_at=renewed)
                 claimed_at = renewed
-                if not mine().filter(pk=notification.pk).exists():
+                if not this(notification).exists():
                     continue  # its claim went stale all the same (the worker stalled)
             try:
                 message = email_for(notification)
@@ -229,7 +235,7 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
                 attempts = notification.attempts
                 gave_up = attempts >= settings.NOTIFICATIONS_MAX_ATTEMPTS
                 retry_at = timezone.now() + _delay(attempts)
-                mine().filter(pk=notification.pk).update(
+                this(notification).update(
                     status=Notification.Status.FAILED if gave_up else Notification.Status.PENDING,
                     claimed_at=None,
                     next_attempt_at=retry_at,
@@ -250,9 +256,7 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
                 break
             # Marked after sending: a worker dying in between sends it again (after the claim
             # times out) rather than never.
-            mine().filter(pk=notification.pk).update(
-                status=Notification.Status.SENT, sent_at=timezone.now()
-            )
+            this(notification).update(status=Notification.Status.SENT, sent_at=timezone.now())
             sent += 1
     finally:
         connection.close()
