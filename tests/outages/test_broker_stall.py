@@ -77,7 +77,8 @@ def test_a_publish_past_the_budget_raises_and_the_next_one_does_not_wait_behind_
         started = time.monotonic()
         with pytest.raises(broker.PublishTimeout):
             broker.send_task("workers.ping", {}, timeout=0.2)
-        assert 0.15 < time.monotonic() - started < 0.5
+        # Within the budget and the slack a loaded machine needs, far below the socket timeout.
+        assert 0.15 < time.monotonic() - started < 0.2 + SLACK_SECONDS
         started = time.monotonic()
         with pytest.raises(broker.PublishTimeout):
             broker.send_task("workers.ping", {}, timeout=0.2)
