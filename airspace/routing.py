@@ -516,17 +516,25 @@ class Airspace:
         return indices[keep]
 
     def _far(self, a: Point, b: Point, metres: float) -> bool:
-        """Whether the line a..b lies more than `metres` outside the box of every zone: the
-        check `_near` starts with, in plain floats (the drone choice asks it of every base and
-        drone it weighs, mostly in cities without a zone)."""
+        """Whether the line a..b lies more than `metres` outside the box of every zone, in
+        plain floats, before any numpy (the drone choice asks it of every base and drone it
+        weighs, mostly in cities without a zone)."""
         if not self.zones:
             return True
-        south, north = min(a.lat, b.lat), max(a.lat, b.lat)
+        return self._beyond_extent(
+            min(a.lat, b.lat), max(a.lat, b.lat), min(a.lon, b.lon), max(a.lon, b.lon), metres
+        )
+
+    def _beyond_extent(
+        self, south: float, north: float, west: float, east: float, metres: float
+    ) -> bool:
+        """Whether the box south..north, west..east lies more than `metres` outside the box of
+        every zone (degrees of longitude: at least as many as of latitude for the same metres)."""
         distance = _degrees(south, north, metres)
-        west, zones_south, east, zones_north = self._extent
+        zones_west, zones_south, zones_east, zones_north = self._extent
         return (
-            min(a.lon, b.lon) > east + distance
-            or max(a.lon, b.lon) < west - distance
+            west > zones_east + distance
+            or east < zones_west - distance
             or south > zones_north + distance
             or north < zones_south - distance
         )
@@ -537,16 +545,9 @@ class Airspace:
             return np.empty(0, dtype=np.intp)
         lon, lat = lonlat[:, 0], lonlat[:, 1]
         south, north = float(lat.min()), float(lat.max())
-        # Degrees of longitude: at least as many as of latitude for the same metres.
-        distance = _degrees(south, north, metres)
-        west, zones_south, east, zones_north = self._extent
-        if (
-            float(lon.min()) > east + distance
-            or float(lon.max()) < west - distance
-            or south > zones_north + distance
-            or north < zones_south - distance
-        ):
+        if self._beyond_extent(south, north, float(lon.min()), float(lon.max()), metres):
             return np.empty(0, dtype=np.intp)
+        distance = _degrees(south, north, metres)
         found = self._tree.query(
             shapely.linestrings(lonlat), predicate="dwithin", distance=distance
         )

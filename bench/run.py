@@ -297,9 +297,10 @@ def django_for_bench(env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]
                 f"are analyzed as they grow, by autovacuum's rule every {AUTOANALYZE_SECONDS:g} s",
                 flush=True,
             )
-            with autoanalyze(env["DATABASE_URL"]):
-                yield urls, vendor
+            analyzing: contextlib.AbstractContextManager[None] = autoanalyze(env["DATABASE_URL"])
         else:
+            analyzing = contextlib.nullcontext()
+        with analyzing:
             yield urls, vendor
 
 

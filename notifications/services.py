@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import smtplib
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -196,16 +197,17 @@ def notifications_send(*, notification_ids: list[UUID]) -> int:
     if not _claim(notification_ids, claimed_at):
         return 0  # sent, being sent, not yet due again, or gone
 
-    def mine() -> QuerySet[Notification]:
+    def held(**which: Any) -> QuerySet[Notification]:
+        """Those of `which` this call's claim still holds."""
         return Notification.objects.filter(
-            pk__in=notification_ids, status=Notification.Status.SENDING, claimed_at=claimed_at
+            status=Notification.Status.SENDING, claimed_at=claimed_at, **which
         )
 
+    def mine() -> QuerySet[Notification]:
+        return held(pk__in=notification_ids)
+
     def this(notification: Notification) -> QuerySet[Notification]:
-        """The one email, while this call's claim on it holds (the batch's list left out)."""
-        return Notification.objects.filter(
-            pk=notification.pk, status=Notification.Status.SENDING, claimed_at=claimed_at
-        )
+        return held(pk=notification.pk)  # one email: not the batch's list of ids again
 
     batch = list(
         mine()

@@ -177,7 +177,7 @@ def _instrument() -> None:
         RequestsInstrumentor(),
         URLLib3Instrumentor(),
     ]
-    if settings.DATABASES["default"]["ENGINE"] in ("django.db.backends.sqlite3", "portal.sqlite"):
+    if settings.DATABASES["default"]["ENGINE"] == "portal.sqlite":  # settings: any SQLite
         from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
 
         instrumentors.append(SQLite3Instrumentor())
