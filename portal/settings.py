@@ -289,12 +289,17 @@ EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "") or ""
 EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "") or ""
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
 EMAIL_TIMEOUT = 10
+# With no mail server: in development each email is written to a file under EMAIL_FILE_PATH,
+# with one log line naming it (portal/mail.py); otherwise printed whole to the log.
 EMAIL_BACKEND = envstr(
     "EMAIL_BACKEND",
     "django.core.mail.backends.smtp.EmailBackend"
     if EMAIL_HOST
+    else "portal.mail.FolderBackend"
+    if DEBUG
     else "django.core.mail.backends.console.EmailBackend",
 )
+EMAIL_FILE_PATH = envstr("EMAIL_FILE_PATH", str(BASE_DIR / ".local" / "mail"))
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "Fabrikam Drone Delivery <noreply@localhost>")
 
 # Security. TLS ends at the Application Gateway, which says so in X-Forwarded-Proto;
@@ -549,8 +554,13 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO") or "INFO"
-# json (the default): one JSON object a line with the trace and span ids, for the cluster's log
-# collector; text: plain lines for a terminal (`make run` sets it). portal/logs.py.
+TASK_LOG_LEVEL = (envstr("TASK_LOG_LEVEL") or "WARNING").upper()
+if TASK_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    raise ImproperlyConfigured(
+        f"TASK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {TASK_LOG_LEVEL!r}"
+    )
+# json (the default, `make run` too): one JSON object a line with the trace and span ids, for the
+# cluster's log collector; text: plain lines for a terminal. portal/logs.py.
 LOG_FORMAT = (envstr("LOG_FORMAT") or "json").lower()
 if LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, not {LOG_FORMAT!r}")
@@ -580,6 +590,11 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "azure": {"level": "WARNING"},
+        # A worker's line for every task received and every task done (INFO): two lines per
+        # task at the workflow's rate, which traces and metrics already show. Failures are
+        # logged at ERROR whatever this says; INFO brings the lines back.
+        "celery.app.trace": {"level": TASK_LOG_LEVEL},
+        "celery.worker.strategy": {"level": TASK_LOG_LEVEL},
     },
 }
 # Workers, beat and the simulator serve /metrics on this port (0: not at all); web and live

@@ -426,6 +426,7 @@ def process_env(run: Run, tmp_path: Path, web_port: int, broker_url: str) -> dic
         **os.environ,
         "DEBUG": "true",
         "LOG_FORMAT": "text",
+        "TASK_LOG_LEVEL": "INFO",  # the worker's line for each task received and done (_TASK)
         "PYTHONUNBUFFERED": "1",
         "DATABASE_URL": run.database_url,
         # Connections kept, as in production: a cut breaks them under the processes' feet.

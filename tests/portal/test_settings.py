@@ -116,3 +116,31 @@ def test_postgresql_statements_are_prepared_unless_turned_off_for_pgbouncer() ->
     assert "('prepare_threshold', 5)" in prepared and "('server_side_binding', True)" in prepared
     plain = database_options(DATABASE_PREPARE_THRESHOLD="0")
     assert "prepare_threshold" not in plain and "server_side_binding" not in plain
+
+
+def setting(name: str, **env: str) -> str:
+    result = manage(
+        "shell", "-c", f"from django.conf import settings; print(settings.{name})", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]  # after the shell's own line, if any
+
+
+def test_development_writes_emails_to_files_production_without_a_mail_server_logs_them() -> None:
+    assert setting("EMAIL_BACKEND", DEBUG="true") == "portal.mail.FolderBackend"
+    assert setting("EMAIL_FILE_PATH", DEBUG="true") == str(BASE_DIR / ".local" / "mail")
+    assert setting("EMAIL_BACKEND", DEBUG="true", EMAIL_HOST="smtp.example.com") == (
+        "django.core.mail.backends.smtp.EmailBackend"
+    )
+    assert (
+        setting("EMAIL_BACKEND", **PRODUCTION) == "django.core.mail.backends.console.EmailBackend"
+    )
+
+
+def test_task_lines_are_off_unless_asked_for_and_a_wrong_level_is_named() -> None:
+    loggers = "LOGGING['loggers']['celery.app.trace']['level']"
+    assert setting(loggers, DEBUG="true") == "WARNING"
+    assert setting(loggers, DEBUG="true", TASK_LOG_LEVEL="info") == "INFO"
+    result = manage("check", env={**PRODUCTION, "TASK_LOG_LEVEL": "loud"})
+    assert result.returncode != 0
+    assert "TASK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not 'LOUD'" in result.stderr
