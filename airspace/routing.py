@@ -848,9 +848,10 @@ class _Graph:
         p = core.owner[u]
         local = u - core.offsets[p]
         edges: list[tuple[int, float]] = []
+        own = self.obstacles[p]
         for q, other in enumerate(self.obstacles):
             first = core.offsets[q]
-            edges += [(first + v, d) for v, d in self.area.pair(self.obstacles[p], other).out[local]]
+            edges += [(first + v, d) for v, d in self.area.pair(own, other).out[local]]
         if core.blocked:
             edges = [(v, d) for v, d in edges if (u, v) not in core.blocked]
         kept = core.out[u] = tuple(edges)
