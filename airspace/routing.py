@@ -689,9 +689,10 @@ class _Graph:
     `shortest` is the plain search: the whole graph's tangent pairs found anew for each route
     and a node's edges tested for visibility when A* expands it. `shortest_fast` finds the
     same path (the same A*, over the same edges, in the same order) from what the area keeps:
-    each obstacle's own edges and those between two obstacles are found once (`_Area.pair`
-    `_Area.pair`); a route only adds the edges to its ends and tests, in one call per
-    obstacle, the edges whose bounding box meets an obstacle not already tested against."""
+    each obstacle's own edges and those between two obstacles are found once (`_Area.pair`),
+    and for each set of obstacles, the edges a third one blocks (tested in one call per
+    obstacle, against the edges whose bounding box meets it) and each vertex's edges (`_Core`);
+    a route only adds the edges to its ends."""
 
     def __init__(self, area: _Area, ends: FloatArray) -> None:
         self.area = area
@@ -833,9 +834,7 @@ class _Graph:
         one would first find the edges between every two of them) and the fast one, from the
         core it then makes and keeps, from the second time on."""
         key = tuple(o.members for o in self.obstacles)
-        if key in self.area.cores:
-            return True
-        if key in self.area.seen:
+        if key in self.area.cores or key in self.area.seen:
             return True
         if len(self.area.seen) >= MAX_CORES:
             self.area.seen.clear()

@@ -142,6 +142,9 @@ def traced_env(mail_port: int, otlp: OtlpReceiver, tmp: Path) -> dict[str, str]:
         # Spans leave within a tenth of a second rather than the SDK's 5 s.
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "LOG_FORMAT": "json",
+        # Celery's line for each task received and done (off by default): lines of the
+        # workflow's, which must carry its trace, and more lines for the secrets test to read.
+        "TASK_LOG_LEVEL": "INFO",
         # The webhook endpoint a test registers is on this machine.
         "WEBHOOK_ALLOW_PRIVATE": "true",
     }
