@@ -855,7 +855,7 @@ class _Graph:
             offsets.append(offsets[-1] + len(obstacle.xy))
             owner += [p] * len(obstacle.xy)
         self.area.pairs_fill(obstacles)
-        blocked = self._blocked_between(xy, offsets)
+        blocked = self._blocked_between(offsets)
         core = _Core(xy, offsets, owner, [None] * len(xy), blocked)
         if len(self.area.cores) >= MAX_CORES:
             self.area.cores.clear()
@@ -878,7 +878,7 @@ class _Graph:
         kept = core.out[u] = tuple(edges)
         return kept
 
-    def _blocked_between(self, xy: FloatArray, offsets: list[int]) -> set[tuple[int, int]]:
+    def _blocked_between(self, offsets: list[int]) -> set[tuple[int, int]]:
         """The edges between obstacles' vertices (each already clear of the obstacles at its
         ends) that another obstacle of the graph blocks, both ways. An edge is tested only
         against the obstacles its box meets, in one call per obstacle."""
