@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
@@ -33,6 +33,7 @@ from deliveries.lifecycle import (
     PACKAGE_ABOARD,
     WITH_DRONE,
     InvalidStageTransition,
+    Position,
     StaleDelivery,
     delivery_flag,
     delivery_move,
@@ -541,42 +542,64 @@ def _home_route(here: Point, base: Point, last: _Last | None) -> list[list[float
 def drones_watch(*, now: datetime | None = None) -> int:
     """Mark `lost` the drones silent for DRONE_LOST_AFTER_SECONDS (beat, every few seconds):
     never assigned while lost, their deliveries flagged to operators with an event. A lost
-    drone recovers with its next report. Returns how many were marked."""
+    drone recovers with its next report. Returns how many were marked.
+
+    At most 1,000 a run, marked in one statement and logged in one line: a gateway that goes
+    down silences every drone it reports for at once, and a statement and a log line for each
+    were most of the worker's time then (bench/system.py, when the web fell behind with the
+    reports of thousands of drones)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.DRONE_LOST_AFTER_SECONDS)
-    silent = list(
-        Drone.objects.filter(last_report_at__lt=cutoff)
-        .exclude(state__in=[State.LOST, State.GROUNDED])
-        .values_list("pk", "serial", "state", "assigned_delivery_id", "lat", "lon", "alt_m")[:1000]
+    watched = Drone.objects.filter(last_report_at__lt=cutoff).exclude(
+        state__in=[State.LOST, State.GROUNDED]
     )
+    silent = list(watched.values_list("pk", "lat", "lon", "alt_m")[:1000])
     if not silent:
         return 0
     # The database has a drone's position every few seconds; Redis has its latest report.
     lasts = get_redis_connection("default").mget([_last_key(row[0]) for row in silent])
-    marked = 0
-    for (drone_id, serial, state, delivery_id, lat, lon, alt), raw in zip(
-        silent, lasts, strict=True
-    ):
+    heard_of: dict[UUID, tuple[_Last | None, Position]] = {}
+    for (drone_id, lat, lon, alt), raw in zip(silent, lasts, strict=True):
         last = _Last.parse(raw)
-        heard = datetime.fromtimestamp(last.t / 1000, tz=now.tzinfo) if last else None
-        if heard is not None and heard >= cutoff:
+        if last is not None and last.t >= cutoff.timestamp() * 1000:
             continue
-        if not Drone.objects.filter(pk=drone_id, state=state, last_report_at__lt=cutoff).update(
+        heard_of[drone_id] = (last, (last.lat, last.lon, last.alt) if last else (lat, lon, alt))
+    if not heard_of:
+        return 0
+    with transaction.atomic():
+        # Still silent, and neither lost nor grounded meanwhile; a drone whose report is being
+        # written now is skipped (it is not silent), rather than waited for.
+        still = watched.filter(pk__in=heard_of)
+        if connection.features.has_select_for_update_skip_locked:
+            still = still.select_for_update(skip_locked=True)
+        marked = list(still.values_list("pk", "serial", "assigned_delivery_id"))
+        Drone.objects.filter(pk__in=[row[0] for row in marked]).update(
             state=State.LOST, updated_at=now
-        ):
-            continue
-        marked += 1
-        logger.warning("drone %s lost contact", serial)
-        delivery = Delivery.objects.filter(pk=delivery_id).first() if delivery_id else None
-        if delivery is not None and delivery.status in WITH_DRONE:
-            position = (last.lat, last.lon, last.alt) if last else (lat, lon, alt)
-            delivery_flag(
-                delivery,
-                f"drone {serial} lost contact"
-                + (f" (last heard at {heard:%H:%M:%S} UTC)" if heard else ""),
-                position=position,
-            )
-    return marked
+        )
+    if not marked:
+        return 0
+    serials = sorted(serial for _, serial, _ in marked)
+    logger.warning(
+        "%d drone%s lost contact: %s%s",
+        len(serials),
+        "" if len(serials) == 1 else "s",
+        ", ".join(serials[:20]),
+        f" and {len(serials) - 20} more" if len(serials) > 20 else "",
+    )
+    carrying = {delivery_id: drone_id for drone_id, _, delivery_id in marked if delivery_id}
+    deliveries = Delivery.objects.filter(pk__in=carrying, status__in=WITH_DRONE)
+    by_drone = {drone_id: serial for drone_id, serial, _ in marked}
+    for delivery in deliveries:
+        drone_id = carrying[delivery.pk]
+        last, position = heard_of[drone_id]
+        heard = datetime.fromtimestamp(last.t / 1000, tz=now.tzinfo) if last else None
+        delivery_flag(
+            delivery,
+            f"drone {by_drone[drone_id]} lost contact"
+            + (f" (last heard at {heard:%H:%M:%S} UTC)" if heard else ""),
+            position=position,
+        )
+    return len(marked)
 
 
 # --- operators -------------------------------------------------------------------------------

@@ -325,6 +325,49 @@ def test_a_lost_drone_is_never_assigned(tenant: Tenant, drone: Drone, gateway: G
     assert Drone.objects.get(pk=drone.pk).state == "idle"
 
 
+def test_a_gateway_gone_silent_loses_its_drones_together_in_one_log_line(
+    tenant: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    """30 drones stop reporting at once: they are marked in one run, the two carrying
+    deliveries have them flagged, and the log says so in one line; a drone heard since (its
+    report in Redis only) and one an operator grounded are left as they are."""
+    fleet = make_fleet(33)
+    _, key = telemetry_key_create(name="gateway", base_ids=[fleet[0].base_id])
+    gateway = Gateway(key)
+    home = Point(fleet[0].base.lat, fleet[0].base.lon)
+    carrying = [booked(tenant), booked(tenant)]
+    stored = Drone.objects.filter(pk__in=[d.pk for d in fleet], assigned_delivery_id__isnull=False)
+    loaded = {d.assigned_delivery_id: d.serial for d in stored}
+    assert set(loaded) == {d.pk for d in carrying}
+    silent_since = timezone.now() - timedelta(seconds=45)
+    for drone in fleet:
+        gateway.send(drone, home, 12.0, time=silent_since)
+    free = [d for d in fleet if d.serial not in loaded.values()]
+    heard, grounded = free[-2], free[-1]
+    drone_ground(drone_id=grounded.pk)
+    # The database keeps positions every few seconds; the drone's latest report is in Redis.
+    with override_settings(TELEMETRY_DB_WRITE_SECONDS=3600):
+        gateway.send(heard, home, 12.0, time=timezone.now() - timedelta(seconds=2))
+    stored_report = Drone.objects.get(pk=heard.pk).last_report_at
+    assert stored_report is not None and stored_report < silent_since + timedelta(seconds=1)
+
+    with caplog.at_level("WARNING", logger="drones.telemetry"):
+        assert drones_watch() == 31
+    lost = set(Drone.objects.filter(state="lost").values_list("serial", flat=True))
+    assert lost == {d.serial for d in fleet} - {heard.serial, grounded.serial}
+    assert Drone.objects.get(pk=heard.pk).state != "lost"
+    assert Drone.objects.get(pk=grounded.pk).state == "grounded"
+    lines = [r.getMessage() for r in caplog.records if "lost contact" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("31 drones lost contact: T-")
+    assert lines[0].endswith(" and 11 more")
+    for delivery in carrying:
+        flagged = Delivery.objects.get(pk=delivery.pk)
+        assert flagged.attention.startswith(f"drone {loaded[delivery.pk]} lost contact (last")
+        event = DeliveryEvent.objects.filter(delivery=delivery).latest("id")
+        assert event.note == flagged.attention and event.alt_m == 12.0
+    assert drones_watch() == 0  # marked once
+
+
 def test_a_drone_that_never_reported_is_not_lost(drone: Drone) -> None:
     assert drones_watch() == 0
     assert Drone.objects.get(pk=drone.pk).state == "idle"
