@@ -546,8 +546,8 @@ def drones_watch(*, now: datetime | None = None) -> int:
 
     At most 1,000 a run, marked in one statement and logged in one line: a gateway that goes
     down silences every drone it reports for at once, and a statement and a log line for each
-    were most of the worker's time then (bench/system.py, when the web fell behind with the
-    reports of thousands of drones)."""
+    drone took a seventh of the worker's time then (bench/system.py, whose simulator falls
+    tens of seconds behind with the reports of thousands of drones)."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.DRONE_LOST_AFTER_SECONDS)
     watched = Drone.objects.filter(last_report_at__lt=cutoff).exclude(
