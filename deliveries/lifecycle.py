@@ -250,8 +250,9 @@ def delivery_flag(
 ) -> None:
     """Draw operators' attention to a delivery (its drone lost contact, was grounded with the
     package aboard), or clear it with an empty `attention`; an event of its current status
-    says what happened. Not a change of stage."""
-    with transaction.atomic():
+    says what happened. Not a change of stage. Inside a caller's transaction it takes no
+    savepoint (as delivery_move): an error fails the caller's transaction with it."""
+    with transaction.atomic(savepoint=False):
         Delivery.objects.filter(pk=delivery.pk).update(attention=attention[:200])
         _event(
             delivery,

@@ -566,19 +566,43 @@ def drones_watch(*, now: datetime | None = None) -> int:
         heard_of[drone_id] = (last, (last.lat, last.lon, last.alt) if last else (lat, lon, alt))
     if not heard_of:
         return 0
+    skip_locked = connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
-        # Still silent, and neither lost nor grounded meanwhile; a drone whose report is being
-        # written now is skipped (it is not silent), rather than waited for.
+        # Still silent, and neither lost nor grounded meanwhile. Rows locked by a report being
+        # written now are skipped, drones and deliveries alike (that drone is not silent): this
+        # transaction never waits for a lock, so it cannot deadlock with a report's.
         still = watched.filter(pk__in=heard_of)
-        if connection.features.has_select_for_update_skip_locked:
+        if skip_locked:
             still = still.select_for_update(skip_locked=True)
-        marked = list(still.values_list("pk", "serial", "assigned_delivery_id"))
-        Drone.objects.filter(pk__in=[row[0] for row in marked]).update(
-            state=State.LOST, updated_at=now
-        )
+        marked = {
+            pk: (serial, delivery_id)
+            for pk, serial, delivery_id in still.values_list("pk", "serial", "assigned_delivery_id")
+        }
+        carrying = {delivery_id: pk for pk, (_, delivery_id) in marked.items() if delivery_id}
+        loads = Delivery.objects.filter(pk__in=carrying)
+        if skip_locked:
+            loads = loads.select_for_update(skip_locked=True)
+        deliveries = list(loads)
+        for delivery_id in carrying.keys() - {d.pk for d in deliveries}:
+            del marked[carrying[delivery_id]]
+        Drone.objects.filter(pk__in=marked).update(state=State.LOST, updated_at=now)
+        # In the same transaction: a drone is never lost without its delivery flagged, even if
+        # the process dies here (the next run passes lost drones by).
+        for delivery in deliveries:
+            drone_id = carrying[delivery.pk]
+            if delivery.status not in WITH_DRONE:
+                continue
+            last, position = heard_of[drone_id]
+            heard = datetime.fromtimestamp(last.t / 1000, tz=now.tzinfo) if last else None
+            delivery_flag(
+                delivery,
+                f"drone {marked[drone_id][0]} lost contact"
+                + (f" (last heard at {heard:%H:%M:%S} UTC)" if heard else ""),
+                position=position,
+            )
     if not marked:
         return 0
-    serials = sorted(serial for _, serial, _ in marked)
+    serials = sorted(serial for serial, _ in marked.values())
     logger.warning(
         "%d drone%s lost contact: %s%s",
         len(serials),
@@ -586,19 +610,6 @@ def drones_watch(*, now: datetime | None = None) -> int:
         ", ".join(serials[:20]),
         f" and {len(serials) - 20} more" if len(serials) > 20 else "",
     )
-    carrying = {delivery_id: drone_id for drone_id, _, delivery_id in marked if delivery_id}
-    deliveries = Delivery.objects.filter(pk__in=carrying, status__in=WITH_DRONE)
-    by_drone = {drone_id: serial for drone_id, serial, _ in marked}
-    for delivery in deliveries:
-        drone_id = carrying[delivery.pk]
-        last, position = heard_of[drone_id]
-        heard = datetime.fromtimestamp(last.t / 1000, tz=now.tzinfo) if last else None
-        delivery_flag(
-            delivery,
-            f"drone {by_drone[drone_id]} lost contact"
-            + (f" (last heard at {heard:%H:%M:%S} UTC)" if heard else ""),
-            position=position,
-        )
     return len(marked)
 
 

@@ -3,11 +3,13 @@ of order, malformed items, drones that go silent, and operators grounding drones
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.test import Client, override_settings
 from django.utils import timezone
 
@@ -366,6 +368,51 @@ def test_a_gateway_gone_silent_loses_its_drones_together_in_one_log_line(
         event = DeliveryEvent.objects.filter(delivery=delivery).latest("id")
         assert event.note == flagged.attention and event.alt_m == 12.0
     assert drones_watch() == 0  # marked once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_locked_by_a_report_being_written_leaves_its_drone_for_the_next_run(
+    tenant: Tenant,
+) -> None:
+    """drones_watch waits for no lock (so it cannot deadlock with a report's transaction): a
+    drone whose delivery row another transaction holds is left alone and marked by the next
+    run, its delivery flagged with it; the other silent drone is marked at once."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no row locks: its writers take turns for the whole database")
+    fleet = make_fleet(2)
+    _, key = telemetry_key_create(name="gateway", base_ids=[fleet[0].base_id])
+    gateway = Gateway(key)
+    first, second = booked(tenant), booked(tenant)
+    for drone in fleet:
+        gateway.send(drone, PICKUP, 30.0, time=timezone.now() - timedelta(seconds=45))
+    held_drone = Drone.objects.get(assigned_delivery_id=first.pk)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                Delivery.objects.select_for_update().get(pk=first.pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        assert drones_watch() == 1
+    finally:
+        release.set()
+        holder.join(30)
+    assert Drone.objects.get(pk=held_drone.pk).state != "lost"
+    assert Delivery.objects.get(pk=first.pk).attention == ""
+    assert Delivery.objects.get(pk=second.pk).attention.startswith("drone ")
+    assert drones_watch() == 1
+    assert Drone.objects.get(pk=held_drone.pk).state == "lost"
+    assert Delivery.objects.get(pk=first.pk).attention.startswith(
+        f"drone {held_drone.serial} lost contact"
+    )
 
 
 def test_a_drone_that_never_reported_is_not_lost(drone: Drone) -> None:
