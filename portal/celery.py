@@ -98,9 +98,11 @@ def _worker_metrics(**_: Any) -> None:
 
 @worker_process_init.connect
 def _worker_telemetry(**_: Any) -> None:
+    from portal.runtime import startup_objects_freeze
     from portal.telemetry import configure_telemetry
 
     configure_telemetry(service_name="fabrikam-worker")
+    startup_objects_freeze("worker")
 
 
 @worker_process_shutdown.connect
