@@ -22,8 +22,8 @@ def frozen(path: Path, process: str) -> list[int]:
 
 
 def test_web_and_worker_processes_freeze_the_objects_of_their_start(stack: Stack) -> None:
-    wait_for(lambda: frozen(stack.web.log, "web"), timeout=10, what="the web worker's line")
-    wait_for(lambda: frozen(stack.worker_log, "worker"), timeout=10, what="the worker's line")
+    wait_for(lambda: bool(frozen(stack.web.log, "web")), timeout=10, what="the web worker's line")
+    wait_for(lambda: bool(frozen(stack.worker_log, "worker")), timeout=10, what="the worker's line")
     # Django, DRF (the web's views are imported first), Celery: far more than a bare Python.
     (web,) = frozen(stack.web.log, "web")  # one gunicorn worker, one line
     (worker,) = frozen(stack.worker_log, "worker")  # concurrency 1
