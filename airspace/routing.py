@@ -1039,8 +1039,7 @@ class _Graph:
         count = len(vertices)
         cross = ends @ core.sides - core.at
         s1, s2 = cross[:, :count], cross[:, count:]
-        tolerance = 1e-9 * (length * length + 1.0)
-        tangent = ~(((s1 > tolerance) & (s2 < -tolerance)) | ((s1 < -tolerance) & (s2 > tolerance)))
+        tangent = _both_on_one_side(s1, s2, length)
         for which in (0, 1):
             if self._within_margin(which):
                 tangent[which] = True
@@ -1095,6 +1094,11 @@ def _order(parent: list[int]) -> list[int]:
 
 def _tangent(edge: FloatArray, to_prev: FloatArray, to_next: FloatArray, length: FloatArray) -> Any:
     """Whether both neighbours lie on one side of the edge's line (or on it)."""
-    s1, s2 = _cross(edge, to_prev), _cross(edge, to_next)
+    return _both_on_one_side(_cross(edge, to_prev), _cross(edge, to_next), length)
+
+
+def _both_on_one_side(s1: FloatArray, s2: FloatArray, length: FloatArray) -> Any:
+    """Whether the two sides (cross products with the edge) agree, or either is on the line
+    within a tolerance relative to the edge's length."""
     tolerance = 1e-9 * (length * length + 1.0)
     return ~(((s1 > tolerance) & (s2 < -tolerance)) | ((s1 < -tolerance) & (s2 > tolerance)))
