@@ -357,12 +357,9 @@ class _Area:
             if q != p:
                 self.pairs[(other_.members, one.members)] = edges.reversed(len(other_.xy))
 
-    def forward(self, lonlat: FloatArray) -> FloatArray:
-        x, y = self.transformer.transform(lonlat[:, 0], lonlat[:, 1])
-        return np.column_stack([x, y])
-
-    def forward_two(self, a: Point, b: Point) -> FloatArray:
-        """forward() of two points, a call each (pyproj's array path costs more for two)."""
+    def forward(self, a: Point, b: Point) -> FloatArray:
+        """A route's two ends in metres, a pyproj call each (its array path costs more for
+        two points)."""
         transform = self.transformer.transform
         return np.array([transform(a.lon, a.lat), transform(b.lon, b.lat)])
 
@@ -449,7 +446,7 @@ class Airspace:
             return [a, b]
         area = self._area(Point((a.lat + b.lat) / 2, (a.lon + b.lon) / 2))
         self._project(area, near)
-        ends = area.forward_two(a, b)
+        ends = area.forward(a, b)
         hit = near[shapely.dwithin(shapely.linestrings(ends), area.raw[near], self.margin_m)]
         if not hit.size:
             return [a, b]
@@ -697,7 +694,7 @@ class _Grid:
     box (69 for an 8 km diagonal trip among bench/run.py's 500 zones), each reading memory the
     CPU no longer holds when a route runs between two requests: with the caches cold, the two
     searches of a detour were about 30 % of it. Measured with this grid, the scalar
-    `_Area.forward_two` and the ends' sides kept per `_Core`, alternated with the code before
+    `_Area.forward` and the ends' sides kept per `_Core`, alternated with the code before
     in one process (the same 9,000 routes planned, identical): 11 % less per route with the
     caches cold, 5 % less warm. Thread CPU around each route in the zones phase's gunicorn
     workers, two runs each, alternated: detours 1.02 and 1.11 ms before, 0.77 and 1.16 after

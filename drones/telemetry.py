@@ -583,8 +583,13 @@ def drones_watch(*, now: datetime | None = None) -> int:
         if skip_locked:
             loads = loads.select_for_update(skip_locked=True)
         deliveries = list(loads)
-        for delivery_id in carrying.keys() - {d.pk for d in deliveries}:
-            del marked[carrying[delivery_id]]
+        missing = carrying.keys() - {d.pk for d in deliveries}
+        if missing and skip_locked:
+            # Skipped because a report being written holds it: that drone waits for the next
+            # run. (One whose delivery is gone is marked, with nothing to flag.)
+            held = Delivery.objects.filter(pk__in=missing).values_list("pk", flat=True)
+            for delivery_id in held:
+                del marked[carrying[delivery_id]]
         Drone.objects.filter(pk__in=marked).update(state=State.LOST, updated_at=now)
         # In the same transaction: a drone is never lost without its delivery flagged, even if
         # the process dies here (the next run passes lost drones by).

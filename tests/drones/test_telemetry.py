@@ -415,6 +415,17 @@ def test_a_delivery_locked_by_a_report_being_written_leaves_its_drone_for_the_ne
     )
 
 
+def test_a_silent_drone_whose_delivery_is_gone_is_still_marked_lost(tenant: Tenant) -> None:
+    """Its delivery row removed (a finished delivery an operator deleted while the drone still
+    pointed at it): nothing to flag, and the drone is marked lost all the same."""
+    (drone,) = make_fleet(1)
+    _, key = telemetry_key_create(name="gateway", base_ids=[drone.base_id])
+    Gateway(key).send(drone, PICKUP, 30.0, time=timezone.now() - timedelta(seconds=45))
+    Drone.objects.filter(pk=drone.pk).update(assigned_delivery_id=uuid.uuid4())
+    assert drones_watch() == 1
+    assert Drone.objects.get(pk=drone.pk).state == "lost"
+
+
 def test_a_drone_that_never_reported_is_not_lost(drone: Drone) -> None:
     assert drones_watch() == 0
     assert Drone.objects.get(pk=drone.pk).state == "idle"
