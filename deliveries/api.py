@@ -28,7 +28,7 @@ from deliveries import selectors, services
 from deliveries.models import Delivery, Quote
 from deliveries.reasons import public_reason
 from drones.geo import Point
-from portal.api import PAGES, Pagination, represented, validated
+from portal.api import PAGES, Pagination, represented, represented_many, validated
 from portal.errors import NotFound
 
 # --- input ------------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ class DeliveryListCreateApi(APIView):
         deliveries = selectors.delivery_list(business_id=_business_id(request), status=wanted)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(deliveries, request, view=self)
-        return paginator.get_paginated_response([delivery_document(d) for d in page or []])
+        return paginator.get_paginated_response(represented_many(DeliveryOut, page or []))
 
     @extend_schema(
         summary="Schedule a delivery",

