@@ -68,13 +68,26 @@ def represented_many(serializer_class: type[S], instances: Iterable[Any]) -> lis
     return [plan(instance, zone) for instance in instances]
 
 
-def _output(serializer_class: type[S]) -> _Output:
-    kept: dict[type[serializers.Serializer], _Output]
+def _output(serializer_class: type[S]) -> _Output | _Own:
+    kept: dict[type[serializers.Serializer], _Output | _Own]
     kept = _bound.__dict__.setdefault("outputs", {})
     plan = kept.get(serializer_class)
     if plan is None:
-        plan = kept[serializer_class] = _Output(serializer_class())
+        serializer = serializer_class()
+        plan = kept[serializer_class] = (
+            _Output(serializer) if _planned(serializer) else _Own(serializer)
+        )
     return plan
+
+
+class _Own:
+    """A serializer with a `to_representation` of its own: called as it is."""
+
+    def __init__(self, serializer: serializers.Serializer) -> None:
+        self.serializer = serializer
+
+    def __call__(self, instance: Any, zone: tzinfo | None) -> Any:
+        return self.serializer.to_representation(instance)
 
 
 def _zone() -> tzinfo | None:
@@ -173,7 +186,11 @@ def _converter(field: serializers.Field) -> _Convert:
         return _choice(field)
     if kind is serializers.DateTimeField and isinstance(field, serializers.DateTimeField):
         return _moment(field)
-    if isinstance(field, serializers.ListSerializer) and _planned(field.child):
+    if (
+        isinstance(field, serializers.ListSerializer)
+        and type(field).to_representation is serializers.ListSerializer.to_representation
+        and _planned(field.child)
+    ):
         child = _Output(field.child)
         return lambda value, zone: [
             child(item, zone) for item in (value.all() if isinstance(value, BaseManager) else value)

@@ -221,3 +221,36 @@ def test_every_kind_of_field_comes_out_as_drf_makes_it() -> None:
     assert document["absent_default"] == "the default" and document["absent_null"] is None
     assert document["dotted"] == "inside" and document["called"] == "by a call"
     assert document["aware"] == "2026-07-01T12:00:00Z" and document["fixed_zone"].endswith("+03:00")
+
+
+class Shouting(serializers.Serializer):
+    name = serializers.CharField()
+
+    def to_representation(self, instance: Any) -> dict[str, str]:
+        return {"NAME": instance.name.upper()}
+
+
+class Backwards(serializers.ListSerializer):
+    def to_representation(self, data: Any) -> list[Any]:
+        return list(reversed(super().to_representation(data)))
+
+
+class Plain(serializers.Serializer):
+    name = serializers.CharField()
+
+    class Meta:
+        list_serializer_class = Backwards
+
+
+class Holder(serializers.Serializer):
+    one = Shouting()
+    several = Shouting(many=True)
+    backwards = Plain(many=True)
+
+
+def test_a_serializers_own_to_representation_is_kept() -> None:
+    a, b = SimpleNamespace(name="ann"), SimpleNamespace(name="bob")
+    assert represented(Shouting, a) == {"NAME": "ANN"}
+    holder = SimpleNamespace(one=a, several=[a, b], backwards=[a, b])
+    assert_same(Holder, holder)
+    assert represented(Holder, holder)["backwards"] == [{"name": "bob"}, {"name": "ann"}]
