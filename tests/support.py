@@ -70,6 +70,26 @@ def celery_worker(
 
 
 @contextmanager
+def celery_beat(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery beat`, as `make run` starts one: the outbox relay (a message the web
+    process could not publish within its budget), the sweeper, the webhooks' dispatch and the
+    rest of portal.settings.CELERY_BEAT_SCHEDULE run on time."""
+    command = [
+        PYTHON, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
+        "--schedule", str(tmp_path / "celerybeat-schedule"),
+    ]  # fmt: skip
+    with (tmp_path / "beat.log").open("ab") as out:
+        process = subprocess.Popen(
+            command, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield process
+    finally:
+        stop_process_group(process)
+
+
+@contextmanager
 def broker_for_this_process(url: str) -> Iterator[None]:
     """Point this process's Celery app (which the live server publishes with) at `url`."""
     from portal.celery import app

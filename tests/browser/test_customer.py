@@ -18,7 +18,7 @@ from portal import customers
 from tests.browser.conftest import Site
 from tests.conftest import MailSink, make_fleet, worker_env
 from tests.deliveries.test_fleet_end_to_end import STAGES, fleet_simulator
-from tests.support import celery_worker
+from tests.support import celery_beat, celery_worker
 
 pytestmark = pytest.mark.browser
 
@@ -71,6 +71,7 @@ def test_a_customer_signs_up_schedules_on_the_map_and_watches_the_drone_deliver(
     with (
         override_settings(FLEET_SIM_SPEEDUP=SPEEDUP),
         celery_worker(flying_env, log=tmp_path / "worker.log", concurrency=2),
+        celery_beat(flying_env, tmp_path),
         fleet_simulator(flying_env, site.url, tmp_path / "simulator.log"),
     ):
         page = site.visitor()

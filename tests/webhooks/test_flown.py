@@ -5,9 +5,6 @@ also with the worker killed while it sends."""
 from __future__ import annotations
 
 import email
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +14,11 @@ from django.test import override_settings
 from deliveries.models import Delivery
 from tests.conftest import MailSink, Tenant, delivery_body, make_fleet, worker_env
 from tests.deliveries.test_fleet_end_to_end import fleet_simulator, post
-from tests.support import BASE_DIR, PYTHON, celery_worker, stop_process_group, wait_for
+from tests.support import celery_beat, celery_worker, stop_process_group, wait_for
 from tests.webhooks.conftest import Receiver
 from webhooks.services import webhook_endpoint_create
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def celery_beat(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `celery beat` (it dispatches the webhooks every 2 s)."""
-    command = [
-        PYTHON, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
-        "--schedule", str(tmp_path / "celerybeat-schedule"),
-    ]  # fmt: skip
-    with (tmp_path / "beat.log").open("ab") as out:
-        process = subprocess.Popen(
-            command, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield process
-    finally:
-        stop_process_group(process)
 
 
 def subjects(mailbox: MailSink) -> list[str]:
