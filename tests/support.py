@@ -58,15 +58,8 @@ def celery_worker(
         "--loglevel", "INFO", "--concurrency", str(concurrency),
         "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            command, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
+    with running(command, env=env, log=log) as process:
         yield process
-    finally:
-        stop_process_group(process)
 
 
 @contextmanager
@@ -78,7 +71,17 @@ def celery_beat(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Pope
         PYTHON, "-m", "celery", "-A", "portal", "beat", "--loglevel", "INFO",
         "--schedule", str(tmp_path / "celerybeat-schedule"),
     ]  # fmt: skip
-    with (tmp_path / "beat.log").open("ab") as out:
+    with running(command, env=env, log=tmp_path / "beat.log") as process:
+        yield process
+
+
+@contextmanager
+def running(
+    command: list[str], *, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` run from the project's directory in a session of its own, its output appended
+    to `log`; stopped with its children on exit."""
+    with log.open("ab") as out:
         process = subprocess.Popen(
             command, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
