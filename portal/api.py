@@ -120,7 +120,7 @@ class _Output:
     conversion itself: the same on SQLite."""
 
     def __init__(self, serializer: serializers.Serializer) -> None:
-        self.serializer = serializer
+        # The fields hold their serializer (field.parent), which method fields are bound to.
         self.fields = [
             (str(field.field_name), field, _plain_source(field), _converter(field))
             for field in serializer._readable_fields

@@ -24,14 +24,7 @@ from django.utils import timezone
 from deliveries.models import Delivery, DeliveryEvent
 from drones.models import Drone
 from tests.conftest import CENTER, MailSink, Tenant, make_fleet, worker_env
-from tests.support import (
-    BASE_DIR,
-    PYTHON,
-    celery_beat,
-    celery_worker,
-    stop_process_group,
-    wait_for,
-)
+from tests.support import PYTHON, celery_beat, celery_worker, running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +37,10 @@ STAGES = [
 @contextmanager
 def fleet_simulator(env: dict[str, str], url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The real `manage.py simulate_fleet` process, flying the test database's drones."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [PYTHON, "manage.py", "simulate_fleet", "--url", url],
-            cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
+    with running(
+        [PYTHON, "manage.py", "simulate_fleet", "--url", url], env=env, log=log
+    ) as process:
         yield process
-    finally:
-        stop_process_group(process)
 
 
 def near(rng: random.Random, radius_km: float) -> dict[str, float]:
