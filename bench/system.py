@@ -29,8 +29,10 @@ request was due); from the delivery events, assignments per second (per 10-s win
 the run) and each delivery's wait from stored to assigned; what is still waiting --grace
 seconds after the last request and when the last assignment came. Falling behind is defined
 as: fewer than --rate * --seconds assigned within --grace s of the last request (assigned/s
-over the run below the rate), or any delivery still `requested` then. Also where the CPU went
-(bench/cpu.py, by process) and each process's resident memory at the end.
+over the run below the rate), any delivery still `requested` then, or any delivery flagged
+because its drone lost contact (the telemetry of the fleet no longer taken in time: its drones
+then hear of their deliveries late, if at all, and operators are told they are lost). Also
+where the CPU went (bench/cpu.py, by process) and each process's resident memory at the end.
 """
 
 from __future__ import annotations
@@ -668,6 +670,12 @@ def measure(args: argparse.Namespace, system: System, count: int, warmup: int) -
         f"{max(0, waiting_at_grace)}; last assigned "
         + ("never" if last is None else f"+{last:.1f} s"),
         "0", in_time,
+    ))  # fmt: skip
+    print(row(
+        f"{label}: deliveries whose drone lost contact",
+        f"{done.flagged} (simulator at {min((int(r) for _, _, r, *_ in sim), default=0)} "
+        "reports/s at its slowest)",
+        "0", done.flagged == 0,
     ))  # fmt: skip
     print(row(
         "  each assigned once, no drone holding two",
