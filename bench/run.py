@@ -1188,7 +1188,7 @@ class Sub:
 def sub_bench(number: int, title: str, command: list[str], environ: dict[str, str]) -> Sub:
     print(f"\n== {number}. {title} ({machine_load()}): {shlex.join(command[1:])}", flush=True)
     completed = subprocess.run(
-        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=600
+        command, cwd=BASE_DIR, env=environ, capture_output=True, text=True, timeout=1200
     )
     output = completed.stdout + completed.stderr
     print("   " + output.strip().replace("\n", "\n   "), flush=True)
@@ -1381,6 +1381,23 @@ def summary(
 
 # --- main -------------------------------------------------------------------------------------
 
+# What `--skip` takes: the phases, by name.
+PHASES = (
+    "ingestion",
+    "e2e",
+    "layers",
+    "choice",
+    "telemetry",
+    "simulator",
+    "tracking",
+    "airspace",
+    "zones",
+    "webhooks",
+    "tracing",
+    "scale",
+    "system",
+)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1391,25 +1408,7 @@ def main() -> int:
     parser.add_argument("--open-seconds", type=float, default=8.0, help="open-loop duration")
     parser.add_argument("--e2e-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--skip",
-        choices=[
-            "ingestion",
-            "e2e",
-            "layers",
-            "choice",
-            "telemetry",
-            "simulator",
-            "tracking",
-            "airspace",
-            "zones",
-            "webhooks",
-            "tracing",
-            "scale",
-            "system",
-        ],
-        action="append",
-    )
+    parser.add_argument("--skip", choices=PHASES, action="append")
     args = parser.parse_args()
     skip = set(args.skip or [])
     signal.signal(signal.SIGTERM, on_sigterm)

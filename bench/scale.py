@@ -2,7 +2,7 @@
 deliveries and their events in the database.
 
     .venv/bin/python bench/scale.py [--deliveries 1000000] [--events 3] [--businesses 4]
-                                    [--samples 500] [--keep]
+                                    [--samples 500] [--workflow-pairs 2] [--keep]
 
 PostgreSQL only (DATABASE_URL names the server): it makes a database of its own beside
 DATABASE_URL's (`<name>_scale`), migrates it, seeds it and drops it at the end (--keep leaves it
@@ -22,15 +22,28 @@ Deep pages follow the `next` links from a cursor 200,000 rows (a fifth of the st
 the filtered list) into the business's list. The status is read twice per delivery: first from
 the database (no live copy in Redis yet; the read writes one), then from Redis.
 
-Prints `| figure | value | target | verdict |` rows (bench/run.py's sub-bench summary rows),
-target p99 <= 20 ms each. A benchmark, not a test: it prints figures.
+Then the workflow at scale (issue 14: ingestion and end to end within 10 % of the empty
+database's figures): bench/run.py's ingestion and end-to-end phases, each run a process of its
+own (`bench/run.py --skip ...` all other phases, 3 rounds), against this database and against an
+empty one made beside it (`<name>_scale_empty`), alternated (empty, scale, scale, empty, ...)
+WORKFLOW_PAIRS times each, so that a machine growing faster or slower weighs on both alike.
+Ingestion is compared by its ratio to the bare DRF endpoint measured in the same rounds (the
+machine's speed cancels out), end to end by deliveries assigned per second, first to last;
+each side's median. Those runs post as businesses of their own (the seeded ones hold thousands
+of deliveries under way, over the per-business limit), into the same tables and indexes.
+
+Prints `| figure | value | target | verdict |` rows (bench/run.py's sub-bench summary rows):
+p99 <= 20 ms for each read, >= WORKFLOW_SHARE of the empty database's figure for the workflow.
+A benchmark, not a test: it prints figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -45,6 +58,17 @@ sys.path.insert(0, str(BASE_DIR))
 from bench.run import bench_environ, django_for_bench, machine_load  # noqa: E402
 
 TARGET_MS = 20.0
+# The workflow at scale: bench/run.py's phases run against both databases, and the share of the
+# empty database's figure to keep.
+WORKFLOW_PHASES = ("ingestion", "e2e")
+WORKFLOW_ARGS = ("--rounds", "3", "--open-seconds", "3")
+WORKFLOW_SHARE = 0.90
+# bench/run.py's summary rows read, by what they are called here.
+WORKFLOW_FIGURES = {
+    "ingestion": "ingestion ratio (real / bare, median of rounds)",
+    "post": "POST /api/v1/deliveries peak",
+    "e2e": "assigned/s, first to last",
+}
 RARE = "failed"  # the status filtered on: 2 % of the rows, so an index not led by it reads 50x
 # The last status of a seeded delivery by s = (g / businesses) % 100: every business has each.
 LAST_STATUS = "CASE WHEN s < 90 THEN 'delivered' WHEN s < 95 THEN 'cancelled' " \
@@ -52,10 +76,10 @@ LAST_STATUS = "CASE WHEN s < 90 THEN 'delivered' WHEN s < 95 THEN 'cancelled' " 
     "WHEN s < 99 THEN 'assigned' ELSE 'en_route_to_dropoff' END"  # fmt: skip
 
 
-def scale_url(url: str) -> str:
+def scale_url(url: str, suffix: str = "_scale") -> str:
     parts = urlsplit(url)
     name = parts.path.lstrip("/") or "postgres"
-    return parts._replace(path=f"/{name}_scale").geturl()
+    return parts._replace(path=f"/{name}{suffix}").geturl()
 
 
 def recreate(url: str, *, drop_only: bool = False) -> None:
@@ -83,10 +107,15 @@ def delivery_columns(business_ids: list[str]) -> dict[str, str]:
     from deliveries.models import Delivery
 
     array = "ARRAY[" + ", ".join(f"'{b}'::uuid" for b in business_ids) + "]"
+    status = LAST_STATUS.replace("s <", f"(g / {len(business_ids)}) % 100 <")
     known = {
         "id": "gen_random_uuid()",
         "business_id": f"({array})[1 + g % {len(business_ids)}]",
-        "status": LAST_STATUS.replace("s <", f"(g / {len(business_ids)}) % 100 <"),
+        "status": status,
+        # A delivery still `requested` was tried and waits for its next try (none is left
+        # untried for months): a workflow round, which takes the untried ones oldest first,
+        # leaves it to the sweeper, as in production.
+        "next_attempt_at": f"CASE WHEN ({status}) = 'requested' THEN now() + interval '1 day' END",
         "version": "3",
         "pickup_lat": "47.60 + (g % 1000) * 0.0001",
         "pickup_lon": "-122.33 - (g % 997) * 0.0001",
@@ -183,28 +212,38 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3)
     parser.add_argument("--businesses", type=int, default=4)
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--keep", action="store_true", help="leave the database for EXPLAIN")
+    parser.add_argument(
+        "--workflow-pairs", type=int, default=2,
+        help="runs of ingestion and end to end on each database (0: none)",
+    )  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="leave the databases for EXPLAIN")
     args = parser.parse_args()
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         print("bench/scale.py needs PostgreSQL: DATABASE_URL=postgres://... (skipped)")
         return
-    own = scale_url(url)
+    original = dict(os.environ)
+    own, empty = scale_url(url), scale_url(url, "_scale_empty")
     recreate(own)
-    env = bench_environ({**os.environ, "DATABASE_URL": own})
+    env = bench_environ({**original, "DATABASE_URL": own})
     try:
         with django_for_bench(env):
-            run(args)
+            total = run(args)
             from django.db import connection
 
             connection.close()
+            if args.workflow_pairs > 0:
+                recreate(empty)
+                workflow_at_scale(original, own, empty, total, args.workflow_pairs)
     finally:
         if not args.keep:
             recreate(own, drop_only=True)
+            recreate(empty, drop_only=True)
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
+    """Seed, then time the reads; returns how many deliveries the database holds."""
     import logging
     import warnings
 
@@ -289,6 +328,82 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"| at scale ({total:,}): {name} | p99 {p99:.1f} ms (p50 {p50:.1f}) "
             f"| <= {TARGET_MS:g} ms | {verdict} |"
+        )
+    return total
+
+
+def workflow_run(original: dict[str, str], url: str) -> dict[str, float]:
+    """bench/run.py's ingestion and end-to-end phases against the database at `url`, in a
+    process of their own (their own Redis and MongoDB-protocol server): their figures by
+    WORKFLOW_FIGURES' names."""
+    from bench.run import PHASES
+
+    skip = [arg for phase in PHASES if phase not in WORKFLOW_PHASES for arg in ("--skip", phase)]
+    command = [sys.executable, str(BASE_DIR / "bench" / "run.py"), *skip, *WORKFLOW_ARGS]
+    completed = subprocess.run(
+        command,
+        cwd=BASE_DIR,
+        env={**original, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    measured: dict[str, str] = {}
+    for line in completed.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4:
+            measured[cells[0]] = cells[1]
+    found: dict[str, float] = {}
+    for key, figure in WORKFLOW_FIGURES.items():
+        number = re.match(r"[\d.]+", measured.get(figure, ""))
+        if completed.returncode != 0 or number is None:
+            output = (completed.stdout + completed.stderr).strip().splitlines()[-20:]
+            raise SystemExit(
+                f"bench/run.py on {urlsplit(url).path} gave no {figure!r} "
+                f"(exit {completed.returncode}):\n" + "\n".join(output)
+            )
+        found[key] = float(number[0])
+    return found
+
+
+def workflow_at_scale(
+    original: dict[str, str], scale: str, empty: str, total: int, pairs: int
+) -> None:
+    """Ingestion and end to end against the seeded database and the empty one, alternated."""
+    runs: dict[str, list[dict[str, float]]] = {"empty": [], "scale": []}
+    order = [
+        side
+        for pair in range(pairs)
+        for side in (("empty", "scale") if pair % 2 == 0 else ("scale", "empty"))
+    ]
+    print(
+        f"the workflow: bench/run.py {' '.join(WORKFLOW_ARGS)}, ingestion and end to end only, "
+        f"against this database and an empty one, alternated ({', '.join(order)})",
+        flush=True,
+    )
+    for side in order:
+        figures = workflow_run(original, scale if side == "scale" else empty)
+        runs[side].append(figures)
+        where = f"{total:,} deliveries" if side == "scale" else "empty database"
+        print(
+            f"  {where}: ingestion ratio {figures['ingestion']:.2f} (POST {figures['post']:.0f} "
+            f"req/s), end to end {figures['e2e']:.0f}/s ({machine_load()})",
+            flush=True,
+        )
+    print("| figure | value | target | verdict |")
+    print("| --- | --- | --- | --- |")
+    for key, name in (
+        ("ingestion", "ingestion ratio to the bare endpoint"),
+        ("e2e", "end to end, assigned/s first to last"),
+    ):
+        at_scale = statistics.median(r[key] for r in runs["scale"])
+        at_empty = statistics.median(r[key] for r in runs["empty"])
+        share = at_scale / at_empty if at_empty else 0.0
+        verdict = "PASS" if share >= WORKFLOW_SHARE else "MISS"
+        print(
+            f"| at scale ({total:,}): {name}, / empty database | {share:.2f} ({at_scale:g} "
+            f"against {at_empty:g}, medians of {pairs} runs each) | >= {WORKFLOW_SHARE:g} "
+            f"| {verdict} |"
         )
 
 
