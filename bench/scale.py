@@ -5,9 +5,10 @@ deliveries and their events in the database.
                                     [--samples 500] [--workflow-pairs 2] [--keep]
 
 PostgreSQL only (DATABASE_URL names the server): it makes a database of its own beside
-DATABASE_URL's (`<name>_scale`), migrates it, seeds it and drops it at the end (--keep leaves it
-for EXPLAIN). Its own Redis and MongoDB-protocol server, production settings (DEBUG off), as
-bench/run.py gives every bench (bench_environ, django_for_bench).
+DATABASE_URL's (`<name>_scale`), migrates it, seeds it and drops it at the end, with the empty
+one the workflow is compared on (--keep leaves both, for EXPLAIN). Its own Redis and
+MongoDB-protocol server, production settings (DEBUG off), as bench/run.py gives every bench
+(bench_environ, django_for_bench).
 
 Seeding is SQL (`INSERT ... SELECT generate_series`): the deliveries spread evenly over the
 businesses, one every 30 s per pair going back about a year (two share each timestamp, so that
