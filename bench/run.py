@@ -6,7 +6,9 @@ Everything in one run on this machine, with what the run starts stopped at the e
 Ctrl-C): its own Redis and MongoDB-protocol server (never the ones of `make run`), gunicorn and
 Celery workers started with the Procfile's command lines, production settings (DEBUG off).
 The database is the one of DATABASE_URL (PostgreSQL), else a throwaway SQLite file under
-.local/bench/; on a configured database the bench removes what it made.
+.local/bench/; on a configured database the bench removes what it made. The Celery broker is
+that Redis unless BENCH_BROKER_URL names another (RabbitMQ: amqp://...), whose default queue the
+bench purges.
 
 1. Ingestion: the peak rate of `POST /api/v1/deliveries` (closed loop) as a ratio to a bare DRF
    endpoint served by the same gunicorn (bench.settings adds `/bench/bare`), measured in
@@ -280,6 +282,10 @@ def django_for_bench(env: dict[str, str]) -> Iterator[tuple[dict[str, str], str]
     """The local services started (their URLs added to `env`), Django set up in this process
     on them and the database migrated; yields the services' URLs and the database's name."""
     with local_services(env) as urls:
+        if env.get("BENCH_BROKER_URL"):
+            # Another broker than the bench's Redis (an AMQP one: RabbitMQ); its default queue
+            # is purged, as the Redis one is.
+            urls["CELERY_BROKER_URL"] = env["BENCH_BROKER_URL"]
         env.update(urls)
         os.environ.clear()
         os.environ.update({**env, "DJANGO_SETTINGS_MODULE": "portal.settings"})
@@ -727,7 +733,6 @@ def end_to_end(
     args: argparse.Namespace, env: dict[str, str], urls: dict[str, str], business_ids: list[Any]
 ) -> EndToEnd:
     """`business_ids`: whose the deliveries are, in turn (each stays under its limits)."""
-    import redis
     from django.db.models import Count, Max, Min
 
     from deliveries.api import DeliveryIn, delivery_request_from
@@ -747,8 +752,11 @@ def end_to_end(
             request=delivery_request_from(serializer.validated_data),
         )
     stored_in = time.perf_counter() - began
-    broker = redis.Redis.from_url(env["CELERY_BROKER_URL"])
-    queued = int(broker.llen("celery"))
+    with app.connection_for_read() as broker:
+        # A passive declare counts the messages on any transport (LLEN on Redis).
+        queue = app.conf.task_default_queue
+        channel: Any = broker.default_channel
+        queued = int(channel.queue_declare(queue, passive=True).message_count)
     print(
         f"   stored {args.deliveries} through delivery_create in {stored_in:.1f} s; "
         f"{queued} messages waiting in the broker",

@@ -671,10 +671,11 @@ def measure(args: argparse.Namespace, system: System, count: int, warmup: int) -
         + ("never" if last is None else f"+{last:.1f} s"),
         "0", in_time,
     ))  # fmt: skip
+    slowest = min((int(reports) for _, _, reports, *_ in sim), default=None)
     print(row(
         f"{label}: deliveries whose drone lost contact",
-        f"{done.flagged} (simulator at {min((int(r) for _, _, r, *_ in sim), default=0)} "
-        "reports/s at its slowest)",
+        f"{done.flagged} (the simulator at "
+        + ("no summary yet" if slowest is None else f"{slowest} reports/s at its slowest") + ")",
         "0", done.flagged == 0,
     ))  # fmt: skip
     print(row(
