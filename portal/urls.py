@@ -78,6 +78,7 @@ urlpatterns = [
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
     *site,
+    path("favicon.ico", views.favicon, name="favicon"),
     path("healthz/live", health.live, name="healthz-live"),
     path("healthz/ready", health.ready, name="healthz-ready"),
     path("healthz/dependencies", health.dependencies, name="healthz-dependencies"),

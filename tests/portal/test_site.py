@@ -75,6 +75,23 @@ def test_home_page_says_what_the_service_is_and_links_to_sign_up_log_in_and_trac
     assert f'action="{reverse("track-lookup")}"' in html
 
 
+def test_the_site_has_an_icon_and_browsers_asking_for_favicon_ico_are_sent_to_it(
+    client: Client,
+) -> None:
+    from django.contrib.staticfiles import finders
+    from django.templatetags.static import static
+
+    icon = static("portal/favicon.svg")
+    html = client.get("/").content.decode()
+    assert f'<link rel="icon" href="{icon}" type="image/svg+xml">' in html
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 301 and answer["Location"] == icon
+    found = finders.find("portal/favicon.svg")
+    assert found is not None
+    with open(found, encoding="utf-8") as svg:
+        assert svg.read().startswith("<svg xmlns=")
+
+
 @pytest.mark.django_db
 def test_a_pasted_tracking_link_opens_its_tracking_page(client: Client, tenant: Tenant) -> None:
     token = "abcDEF_123-x"
