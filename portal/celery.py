@@ -22,7 +22,7 @@ from celery.signals import (
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
 app = Celery("fabrikam")
-app.config_from_object("portal.celeryconfig:CONFIG", namespace="CELERY")
+app.config_from_object("portal.celeryconfig:CONFIG")
 app.autodiscover_tasks(["workers"])
 
 

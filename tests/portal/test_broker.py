@@ -70,3 +70,26 @@ def test_a_publish_after_the_broker_came_back_starts_afresh(tmp_path: Path) -> N
             assert queued(server.url) == 3
     finally:
         server.stop()
+
+
+def test_celery_has_every_celery_setting_under_its_own_name_and_warns_of_none() -> None:
+    """Under namespace="CELERY" Celery took three of these for its pre-4.0 names and warned at
+    every start that they were deprecated."""
+    import warnings
+
+    from django.conf import settings
+
+    from portal.celery import app
+    from portal.celeryconfig import celery_name
+
+    names = [name for name in dir(settings) if name.startswith("CELERY_")]
+    assert "CELERY_ACCEPT_CONTENT" in names and "CELERY_DB_REUSE_MAX" in names
+    for name in names:
+        assert app.conf.get(celery_name(name)) == getattr(settings, name), name
+    assert app.conf.task_acks_late is True and app.conf.accept_content == ["json"]
+    # What Celery's Django fixup reads, under the Django name.
+    assert app.conf.get("CELERY_DB_REUSE_MAX") == settings.CELERY_DB_REUSE_MAX
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        app.conf.maybe_warn_deprecated_settings()
+    assert not caught and not app.conf.deprecated_settings
