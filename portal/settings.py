@@ -595,6 +595,9 @@ LOGGING = {
         # logged at ERROR whatever this says; INFO brings the lines back.
         "celery.app.trace": {"level": TASK_LOG_LEVEL},
         "celery.worker.strategy": {"level": TASK_LOG_LEVEL},
+        # Beat's line for every task it sends (INFO): six every few seconds, and a send it
+        # cannot make is logged at ERROR whatever this says.
+        "celery.beat": {"level": TASK_LOG_LEVEL},
     },
 }
 # Workers, beat and the simulator serve /metrics on this port (0: not at all); web and live

@@ -138,9 +138,10 @@ def test_development_writes_emails_to_files_production_without_a_mail_server_log
 
 
 def test_task_lines_are_off_unless_asked_for_and_a_wrong_level_is_named() -> None:
-    loggers = "LOGGING['loggers']['celery.app.trace']['level']"
-    assert setting(loggers, DEBUG="true") == "WARNING"
-    assert setting(loggers, DEBUG="true", TASK_LOG_LEVEL="info") == "INFO"
+    for logger in ("celery.app.trace", "celery.worker.strategy", "celery.beat"):
+        level = f"LOGGING['loggers']['{logger}']['level']"
+        assert setting(level, DEBUG="true") == "WARNING"
+        assert setting(level, DEBUG="true", TASK_LOG_LEVEL="info") == "INFO"
     result = manage("check", env={**PRODUCTION, "TASK_LOG_LEVEL": "loud"})
     assert result.returncode != 0
     assert "TASK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not 'LOUD'" in result.stderr
