@@ -3,6 +3,10 @@
 Each instrument below records into prometheus_client (served at `/metrics`, for clusters that
 scale or alert on Prometheus metrics) and into an OpenTelemetry instrument of the same name,
 exported with the traces when `portal.telemetry` set an exporter up (a no-op otherwise).
+Except the HTTP requests' durations: OpenTelemetry has them already, as the Django
+instrumentation's `http.server.duration` (by method, route and status), which Azure Monitor turns
+into Application Insights' standard request metrics; a copy of our own would be recorded on every
+request and exported twice.
 
 Processes with several children (gunicorn's workers, Celery's prefork pool) use
 prometheus_client's multiprocess mode when `PROMETHEUS_MULTIPROC_DIR` names a directory (the
@@ -34,15 +38,20 @@ SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class Histogram:
-    def __init__(self, name: str, documentation: str, labels: Iterable[str]) -> None:
+    def __init__(
+        self, name: str, documentation: str, labels: Iterable[str], *, otel: bool = True
+    ) -> None:
         self.prometheus = prometheus_client.Histogram(
             name, documentation, list(labels), buckets=SECONDS_BUCKETS
         )
-        self.otel = _meter.create_histogram(name, unit="s", description=documentation)
+        self.otel = (
+            _meter.create_histogram(name, unit="s", description=documentation) if otel else None
+        )
 
     def observe(self, value: float, **labels: str) -> None:
         self.prometheus.labels(**labels).observe(value)
-        self.otel.record(value, labels)
+        if self.otel is not None:
+            self.otel.record(value, labels)
 
 
 class Counter:
@@ -59,6 +68,7 @@ HTTP_REQUEST_SECONDS = Histogram(
     "fabrikam_http_request_duration_seconds",
     "Time to answer an HTTP request, by method, route template and status",
     ["method", "route", "status"],
+    otel=False,  # OpenTelemetry's is the Django instrumentation's http.server.duration
 )
 WORKFLOW_STEP_SECONDS = Histogram(
     "fabrikam_workflow_step_duration_seconds",

@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 import requests
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -39,6 +43,13 @@ class Span:
     status_code: int
 
 
+@dataclass(frozen=True)
+class MetricPoint:
+    service: str
+    name: str
+    attributes: dict[str, Any]
+
+
 def _value(kv: KeyValue) -> Any:
     which = kv.value.WhichOneof("value")
     return getattr(kv.value, which) if which else None
@@ -46,9 +57,11 @@ def _value(kv: KeyValue) -> Any:
 
 @dataclass
 class OtlpReceiver:
-    """Accepts OTLP/HTTP protobuf on /v1/traces (and takes /v1/metrics and /v1/logs whole)."""
+    """Accepts OTLP/HTTP protobuf on /v1/traces and /v1/metrics (and takes /v1/logs whole)."""
 
     spans: list[Span] = field(default_factory=list)
+    # Each metric's data points as exported (cumulative: every export repeats the earlier ones).
+    points: list[MetricPoint] = field(default_factory=list)
     other_posts: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
@@ -58,6 +71,8 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.port}"
 
     def receive(self, path: str, body: bytes) -> bytes:
+        if path == "/v1/metrics":
+            return self._metrics(body)
         if path != "/v1/traces":
             with self.lock:
                 self.other_posts[path] = self.other_posts.get(path, 0) + 1
@@ -86,6 +101,33 @@ class OtlpReceiver:
         with self.lock:
             self.spans.extend(received)
         return bytes(ExportTraceServiceResponse().SerializeToString())
+
+    def _metrics(self, body: bytes) -> bytes:
+        request = ExportMetricsServiceRequest.FromString(body)
+        received = []
+        for resource_metrics in request.resource_metrics:
+            resource = {kv.key: _value(kv) for kv in resource_metrics.resource.attributes}
+            service = str(resource.get("service.name", ""))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points if kind else ():
+                        attributes = {kv.key: _value(kv) for kv in point.attributes}
+                        received.append(MetricPoint(service, metric.name, attributes))
+        with self.lock:
+            self.points.extend(received)
+        return bytes(ExportMetricsServiceResponse().SerializeToString())
+
+    def metric(self, name: str, wanted: dict[str, Any] | None = None) -> list[MetricPoint]:
+        """The points of the metric `name` whose attributes include `wanted`."""
+        with self.lock:
+            points = list(self.points)
+        return [
+            point
+            for point in points
+            if point.name == name
+            and all(point.attributes.get(k) == v for k, v in (wanted or {}).items())
+        ]
 
     def trace(self, trace_id: str) -> list[Span]:
         with self.lock:
@@ -139,8 +181,10 @@ def traced_env(mail_port: int, otlp: OtlpReceiver, tmp: Path) -> dict[str, str]:
     return {
         **worker_env(env, mail_port),
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
-        # Spans leave within a tenth of a second rather than the SDK's 5 s.
+        # Spans leave within a tenth of a second rather than the SDK's 5 s; metrics every half
+        # second rather than every minute.
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
         "LOG_FORMAT": "json",
         # Celery's line for each task received and done (off by default): lines of the
         # workflow's, which must carry its trace, and more lines for the secrets test to read.
@@ -229,4 +273,4 @@ def stack(
                 stop_process_group(web.process)
 
 
-__all__ = ["OtlpReceiver", "Span", "Stack", "Web", "database_url"]
+__all__ = ["MetricPoint", "OtlpReceiver", "Span", "Stack", "Web", "database_url"]

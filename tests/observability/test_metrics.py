@@ -128,3 +128,32 @@ def test_metrics_are_not_served_to_a_request_that_came_through_the_gateway(
         assert "fabrikam_" not in proxied.text
     # Nor written: only GET.
     assert requests.post(f"{stack.web.url}/metrics", timeout=10).status_code == 404
+
+
+def test_metrics_reach_the_exporter_and_a_request_s_duration_is_exported_once(
+    stack: Stack, otlp: OtlpReceiver, transactional_db: None, tenant: Tenant
+) -> None:
+    make_fleet(1)
+    response = requests.post(
+        f"{stack.web.url}/api/v1/deliveries",
+        json=delivery_body(),
+        headers={"Authorization": f"Api-Key {tenant.key}"},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    accepted = {"http.method": "POST", "http.status_code": 202, "http.target": "api/v1/deliveries"}
+    stored = {"stage": "requested"}
+
+    def exported() -> bool:
+        return bool(
+            otlp.metric("http.server.duration", accepted)
+            and otlp.metric("fabrikam_delivery_stage_changes_total", stored)
+        )
+
+    wait_for(exported, timeout=20, what="the web process's metrics exported")
+    assert {p.service for p in otlp.metric("http.server.duration", accepted)} == {"fabrikam-web"}
+    assert "fabrikam-web" in {
+        p.service for p in otlp.metric("fabrikam_delivery_stage_changes_total", stored)
+    }
+    # The request's duration once: the Django instrumentation's, ours at /metrics only.
+    assert not otlp.metric("fabrikam_http_request_duration_seconds")
