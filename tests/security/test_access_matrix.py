@@ -72,6 +72,7 @@ MATRIX: dict[str, Row] = {
     "password_reset_confirm": row(*EVERYONE, why="the signed token is the credential"),
     "password_reset_complete": PUBLIC,
     "track-lookup": PUBLIC,
+    "favicon": PUBLIC,  # a redirect to the static icon
     "site-deliveries": Row(SITE_USERS),
     "site-schedule": Row(SITE_USERS),
     "site-delivery": row(CUSTOMER, MEMBER, STAFF, why="each their own delivery"),
