@@ -14,7 +14,7 @@ from drones.flight import CRUISE_ALT_M
 from drones.services import telemetry_key_create
 from tests.conftest import Tenant, delivery_body, make_fleet
 from tests.observability.conftest import OtlpReceiver, Stack
-from tests.observability.test_traces import SERVER, request_span
+from tests.observability.test_traces import SERVER, post_delivery, request_span
 from tests.support import wait_for
 
 
@@ -134,13 +134,7 @@ def test_metrics_reach_the_exporter_and_a_request_s_duration_is_exported_once(
     stack: Stack, otlp: OtlpReceiver, transactional_db: None, tenant: Tenant
 ) -> None:
     make_fleet(1)
-    response = requests.post(
-        f"{stack.web.url}/api/v1/deliveries",
-        json=delivery_body(),
-        headers={"Authorization": f"Api-Key {tenant.key}"},
-        timeout=30,
-    )
-    assert response.status_code == 202, response.text
+    post_delivery(stack.web.url, tenant)
     accepted = {"http.method": "POST", "http.status_code": 202, "http.target": "api/v1/deliveries"}
     stored = {"stage": "requested"}
 
