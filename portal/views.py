@@ -15,13 +15,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import (
-    Http404,
-    HttpRequest,
-    HttpResponse,
-    HttpResponsePermanentRedirect,
-    HttpResponseRedirect,
-)
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
@@ -55,8 +49,9 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_GET
 def favicon(request: HttpRequest) -> HttpResponse:
     """`/favicon.ico`, which browsers ask for on pages that name no icon (the admin, the API
-    docs): the site's icon, a static file."""
-    return HttpResponsePermanentRedirect(static("portal/favicon.svg"))
+    docs): the site's icon, a static file. A temporary redirect: in production the file's name
+    carries its hash (the manifest storage), so a permanent one would outlive the next icon."""
+    return HttpResponseRedirect(static("portal/favicon.svg"))
 
 
 @require_GET

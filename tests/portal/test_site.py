@@ -85,7 +85,7 @@ def test_the_site_has_an_icon_and_browsers_asking_for_favicon_ico_are_sent_to_it
     html = client.get("/").content.decode()
     assert f'<link rel="icon" href="{icon}" type="image/svg+xml">' in html
     answer = client.get("/favicon.ico")
-    assert answer.status_code == 301 and answer["Location"] == icon
+    assert answer.status_code == 302 and answer["Location"] == icon
     found = finders.find("portal/favicon.svg")
     assert found is not None
     with open(found, encoding="utf-8") as svg:
